@@ -109,9 +109,9 @@ impl std::fmt::Debug for OctJwk {
     }
 }
 
-impl zeroize::Zeroize for OctJwk {
-    fn zeroize(&mut self) {
-        self.k.zeroize();
+impl Drop for OctJwk {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.k);
     }
 }
 

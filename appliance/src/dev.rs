@@ -1,0 +1,247 @@
+//! `strongroom dev`: a complete KMS on its own SoftHSM2 token and state, like
+//! `vault server -dev`. Never what the packaged service runs: plain HTTP on loopback, a
+//! development identity provider, PINs in files of the state directory.
+//!
+//! SoftHSM2 reads `SOFTHSM2_CONF` once, at `C_Initialize`; since we forbid `unsafe` (and so
+//! `std::env::set_var`), dev mode re-executes itself with that variable pointing into the
+//! state directory. A restart on the same directory (even after `kill -9`) finds the
+//! token, the KEK and every key again.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine as _;
+use secrecy::SecretString;
+use serde::Deserialize;
+use strongroom_hsm::{Hsm, HsmConfig};
+use strongroom_kms::auth::TokenVerifier;
+use strongroom_kms::clock::{Clock, SystemClock};
+use strongroom_kms::storage::RedbStore;
+use strongroom_kms::{Kms, KmsConfig};
+use uuid::Uuid;
+
+use crate::identity::DevIssuer;
+use crate::{certs, files, server};
+
+pub const DEV_TOKEN_LABEL: &str = "strongroom-dev";
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Address to listen on (plain HTTP; loopback only). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    pub listen: SocketAddr,
+    /// State directory to use and keep. Default: a fresh temporary directory, deleted on exit.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// The KMS domain (`kms://<domain>`).
+    #[arg(long, default_value = "kms.strongroom.test")]
+    pub domain: String,
+    /// PKCS#11 module (default: the distribution's SoftHSM2).
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// Internal: the state directory is temporary and is removed on exit.
+    #[arg(long, hide = true)]
+    pub ephemeral: bool,
+}
+
+fn random_pin() -> String {
+    let bytes: [u8; 16] = strongroom_kms::crypto::random_bytes();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn pin_file(path: &Path) -> anyhow::Result<SecretString> {
+    if !path.exists() {
+        files::write_secret_file(path, random_pin().as_bytes())?;
+    }
+    files::read_secret_string(path)
+}
+
+/// Writes the state directory's SoftHSM2 configuration and returns its path.
+fn softhsm_conf(state: &Path) -> anyhow::Result<PathBuf> {
+    let tokens = state.join("tokens");
+    std::fs::create_dir_all(&tokens)?;
+    let conf = state.join("softhsm2.conf");
+    let text = format!(
+        "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+        tokens.display()
+    );
+    if std::fs::read_to_string(&conf).ok().as_deref() != Some(text.as_str()) {
+        files::write_file(&conf, text.as_bytes(), 0o600)?;
+    }
+    Ok(conf)
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() {
+        bail!("dev mode serves plain HTTP and only listens on loopback (got {})", args.listen);
+    }
+    let (state, ephemeral) = match &args.state {
+        Some(s) => {
+            std::fs::create_dir_all(s).with_context(|| format!("creating {}", s.display()))?;
+            (std::fs::canonicalize(s)?, args.ephemeral)
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("strongroom-dev-")
+                .tempdir()?
+                .keep();
+            (dir, true)
+        }
+    };
+    let conf = softhsm_conf(&state)?;
+    if std::env::var_os("SOFTHSM2_CONF").as_deref() != Some(conf.as_os_str()) {
+        let exe = std::env::current_exe()?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("dev")
+            .arg("--listen")
+            .arg(args.listen.to_string())
+            .arg("--state")
+            .arg(&state)
+            .arg("--domain")
+            .arg(&args.domain)
+            .env("SOFTHSM2_CONF", &conf);
+        if let Some(m) = &args.module {
+            cmd.arg("--module").arg(m);
+        }
+        if ephemeral {
+            cmd.arg("--ephemeral");
+        }
+        let err = cmd.exec();
+        bail!("re-executing with SOFTHSM2_CONF set failed: {err}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(serve(&args, &state));
+    if ephemeral {
+        let _ = std::fs::remove_dir_all(&state);
+    }
+    result
+}
+
+#[derive(Clone)]
+struct DevState {
+    issuer: Arc<DevIssuer>,
+    audience: String,
+    clock: Arc<dyn Clock>,
+}
+
+async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
+    let module = args
+        .module
+        .clone()
+        .unwrap_or_else(HsmConfig::softhsm_default_module);
+    let so_pin = pin_file(&state.join("dev-so-pin"))?;
+    let pin = pin_file(&state.join("dev-pin"))?;
+    Hsm::init_token(&module, DEV_TOKEN_LABEL, &so_pin, &pin)
+        .context("initialising the dev SoftHSM2 token")?;
+    let mut hcfg = HsmConfig::new(DEV_TOKEN_LABEL, pin);
+    hcfg.module = module;
+    let hsm = Hsm::open(&hcfg).context("opening the dev token")?;
+    hsm.ensure_keys().context("creating the dev keys in the HSM")?;
+
+    let cert_path = state.join("static-cert.der");
+    let cert = match std::fs::read(&cert_path) {
+        Ok(der) if certs::check_static_cert(&der, &hsm, &args.domain).is_ok() => der,
+        _ => {
+            let der = certs::self_signed_static(&hsm, &args.domain)?;
+            files::write_file(&cert_path, &der, 0o644)?;
+            der
+        }
+    };
+    let x5c = vec![base64::engine::general_purpose::STANDARD.encode(&cert)];
+
+    let store = Arc::new(
+        RedbStore::open(&state.join("kms.redb"), 64 * 1024 * 1024).context("opening kms.redb")?,
+    );
+    let issuer = Arc::new(DevIssuer::load_or_create(state)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let cfg = KmsConfig::new(&args.domain);
+    let audience = format!("kms://{}", args.domain);
+    let verifier = TokenVerifier::new(audience.clone(), vec![issuer.issuer()?], Arc::clone(&clock));
+    let kms = Arc::new(
+        Kms::new(cfg, store, hsm, verifier, Arc::clone(&clock), x5c)
+            .await
+            .context("starting the KMS")?,
+    );
+
+    let dev = DevState {
+        issuer,
+        audience: audience.clone(),
+        clock,
+    };
+    let app = Router::new()
+        .route("/dev/token", post(mint_token))
+        .with_state(dev)
+        .merge(strongroom_kms::http::router(Arc::clone(&kms)));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let line = serde_json::json!({
+        "kms_url": format!("http://{addr}"),
+        "kms_cluster": audience,
+        "static_jwk": kms.static_jwk(),
+        "token_url": format!("http://{addr}/dev/token"),
+        "state_dir": state,
+    });
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, state = %state.display(), "strongroom dev is serving");
+    server::serve_plain(listener, app).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    user_id: Uuid,
+    client_id: String,
+    #[serde(default)]
+    org_id: Option<Uuid>,
+    /// Dev/test only: mint for another audience (to prove it is refused).
+    #[serde(default)]
+    audience: Option<String>,
+    /// Dev/test only: lifetime in seconds; negative mints an expired token.
+    #[serde(default)]
+    ttl_seconds: Option<i64>,
+}
+
+async fn mint_token(
+    State(dev): State<DevState>,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> axum::response::Response {
+    let Ok(Json(req)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "body must be {\"user_id\": \"<uuid>\", \"client_id\": \"...\"}"})),
+        )
+            .into_response();
+    };
+    let now_s = dev.clock.now_ms() / 1000;
+    match dev.issuer.mint(
+        req.user_id,
+        req.org_id.unwrap_or(dev.issuer.org),
+        &req.client_id,
+        req.audience.as_deref().unwrap_or(&dev.audience),
+        now_s,
+        req.ttl_seconds.unwrap_or(3600),
+    ) {
+        Ok(bearer) => Json(serde_json::json!({ "bearer": bearer })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "minting a dev token failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "internal error"}))).into_response()
+        }
+    }
+}
