@@ -7,6 +7,7 @@
 //! verified is not re-verified"). The cache holds hashes and claims, never tokens.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -103,6 +104,8 @@ pub struct TokenVerifier {
     issuers: Vec<Issuer>,
     clock: Arc<dyn Clock>,
     cache: RwLock<HashMap<[u8; 32], Principal>>,
+    /// How many tokens went through full (asymmetric) verification: tests and metrics.
+    slow_verifications: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -121,7 +124,13 @@ impl TokenVerifier {
             issuers,
             clock,
             cache: RwLock::new(HashMap::new()),
+            slow_verifications: AtomicU64::new(0),
         }
+    }
+
+    /// Tokens verified with their signature so far (cache misses).
+    pub fn slow_verifications(&self) -> u64 {
+        self.slow_verifications.load(Ordering::Relaxed)
     }
 
     pub fn audience(&self) -> &str {
@@ -142,6 +151,7 @@ impl TokenVerifier {
             }
             return Ok(p.clone());
         }
+        self.slow_verifications.fetch_add(1, Ordering::Relaxed);
         let principal = self.verify_slow(token, now_s)?;
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_CAP {

@@ -146,6 +146,10 @@ impl Kms {
         &self.hsm
     }
 
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -296,6 +300,7 @@ impl Kms {
             ));
         }
         let target = self.uris.parse(&req.uri)?;
+        tracing::debug!(user = %caller.user, org = %caller.org, method = %req.method, uri = %req.uri, "KMS request");
         let rid = req.request_id.clone();
         match (req.method.as_str(), target) {
             ("delete", Target::Channel(id)) => self.delete_channel(&caller, id, rid).await,

@@ -1,0 +1,174 @@
+//! Harness for end-to-end runs: starts real `strongroom` processes on 127.0.0.1, mints
+//! tokens, and drives the KMS over HTTP with the project's own sans-I/O client
+//! (`strongroom_kms::client`). Used by the end-to-end tests, the demo and the benchmark.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use strongroom_kms::client::KmsClient;
+use strongroom_kms::jose::jwk::RsaPublicJwk;
+use uuid::Uuid;
+
+/// The JSON line `strongroom dev` prints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevInfo {
+    pub kms_url: String,
+    pub kms_cluster: String,
+    pub static_jwk: RsaPublicJwk,
+    pub token_url: String,
+    pub state_dir: PathBuf,
+}
+
+/// Finds the `strongroom` binary: `$STRONGROOM_BIN`, else next to (or above) this executable.
+pub fn strongroom_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("STRONGROOM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("strongroom");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("strongroom binary not found next to {}; build it (cargo build -p strongroom) or set STRONGROOM_BIN", exe.display())
+}
+
+/// A running `strongroom dev`.
+pub struct DevServer {
+    child: Child,
+    pub info: DevInfo,
+}
+
+impl DevServer {
+    /// Starts `strongroom dev --listen 127.0.0.1:0 [--state DIR] [extra...]` and waits for its line.
+    pub fn start(state: Option<&Path>, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(strongroom_bin()?);
+        cmd.args(["dev", "--listen", "127.0.0.1:0"]);
+        if let Some(s) = state {
+            cmd.arg("--state").arg(s);
+        }
+        cmd.args(extra)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("STRONGROOM_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let mut child = cmd.spawn().context("starting strongroom dev")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the dev JSON line")?;
+        if line.trim().is_empty() {
+            let status = child.wait()?;
+            bail!("strongroom dev exited ({status}) before printing its JSON line");
+        }
+        let info: DevInfo = serde_json::from_str(line.trim()).context("parsing the dev JSON line")?;
+        Ok(Self { child, info })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One user's device talking to the KMS over HTTP.
+pub struct Session {
+    http: reqwest::Client,
+    info: DevInfo,
+    pub user: Uuid,
+    pub kms: KmsClient,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+pub async fn mint_token(http: &reqwest::Client, info: &DevInfo, user: Uuid, client_id: &str) -> anyhow::Result<String> {
+    let r: Value = http
+        .post(&info.token_url)
+        .json(&json!({"user_id": user, "client_id": client_id}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    r["bearer"].as_str().map(str::to_owned).context("no bearer in the token answer")
+}
+
+/// Posts JOSE messages to `/kms/messages` and returns the answers.
+pub async fn post_messages(http: &reqwest::Client, info: &DevInfo, msgs: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let r: Value = http
+        .post(format!("{}/kms/messages", info.kms_url))
+        .json(&json!({"destination": info.kms_cluster, "kmsMessages": msgs}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let out = r["kmsMessages"]
+        .as_array()
+        .context("no kmsMessages in the answer")?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned).context("answer is not a string"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(out)
+}
+
+impl Session {
+    /// Mints a token for `user` and runs the ECDHE handshake.
+    pub async fn connect(http: &reqwest::Client, info: &DevInfo, user: Uuid, client_id: &str) -> anyhow::Result<Self> {
+        let bearer = mint_token(http, info, user, client_id).await?;
+        let mut kms = KmsClient::new(
+            info.static_jwk.clone(),
+            &info.kms_cluster,
+            user,
+            client_id,
+            SecretString::from(bearer),
+        )?;
+        let (hs, pending) = kms.begin_handshake()?;
+        let answer = post_messages(http, info, vec![hs]).await?;
+        let first = answer.into_iter().next().context("no answer")?;
+        kms.finish_handshake(&first, pending)?;
+        Ok(Self { http: http.clone(), info: info.clone(), user, kms })
+    }
+
+    /// One request on the channel; returns the opened answer body.
+    pub async fn call(&self, method: &str, uri: &str, extra: Value) -> anyhow::Result<Value> {
+        let (jwe, _) = self.kms.request(method, uri, extra)?;
+        let answer = post_messages(&self.http, &self.info, vec![jwe]).await?;
+        let first = answer.into_iter().next().context("no answer")?;
+        Ok(self.kms.open(&first)?)
+    }
+}
