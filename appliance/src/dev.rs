@@ -22,10 +22,7 @@ use base64::Engine as _;
 use secrecy::SecretString;
 use serde::Deserialize;
 use strongroom_hsm::{Hsm, HsmConfig};
-use strongroom_kms::auth::TokenVerifier;
 use strongroom_kms::clock::{Clock, SystemClock};
-use strongroom_kms::storage::RedbStore;
-use strongroom_kms::{Kms, KmsConfig};
 use uuid::Uuid;
 
 use crate::identity::DevIssuer;
@@ -47,6 +44,9 @@ pub struct DevArgs {
     /// PKCS#11 module (default: the distribution's SoftHSM2).
     #[arg(long)]
     pub module: Option<PathBuf>,
+    /// Lifetime of ECDHE channel keys, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub channel_ttl_seconds: u32,
     /// Internal: the state directory is temporary and is removed on exit.
     #[arg(long, hide = true)]
     pub ephemeral: bool,
@@ -107,6 +107,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg(&state)
             .arg("--domain")
             .arg(&args.domain)
+            .arg("--channel-ttl-seconds")
+            .arg(args.channel_ttl_seconds.to_string())
             .env("SOFTHSM2_CONF", &conf);
         if let Some(m) = &args.module {
             cmd.arg("--module").arg(m);
@@ -159,19 +161,19 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
     };
     let x5c = vec![base64::engine::general_purpose::STANDARD.encode(&cert)];
 
-    let store = Arc::new(
-        RedbStore::open(&state.join("kms.redb"), 64 * 1024 * 1024).context("opening kms.redb")?,
-    );
     let issuer = Arc::new(DevIssuer::load_or_create(state)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let cfg = KmsConfig::new(&args.domain);
     let audience = format!("kms://{}", args.domain);
-    let verifier = TokenVerifier::new(audience.clone(), vec![issuer.issuer()?], Arc::clone(&clock));
-    let kms = Arc::new(
-        Kms::new(cfg, store, hsm, verifier, Arc::clone(&clock), x5c)
-            .await
-            .context("starting the KMS")?,
-    );
+    let kms = crate::serve::start_kms(crate::serve::KmsParts {
+        domain: &args.domain,
+        hsm,
+        store_path: state.join("kms.redb"),
+        cache_bytes: 64 * 1024 * 1024,
+        issuers: vec![issuer.issuer()?],
+        x5c,
+        channel_ttl_seconds: args.channel_ttl_seconds,
+    })
+    .await?;
 
     let dev = DevState {
         issuer,

@@ -2,9 +2,11 @@
 //! (`strongroom-kms`, `strongroom-hsm`); see docs/ARCHITECTURE.md.
 
 mod certs;
+mod config;
 mod dev;
 mod files;
 mod identity;
+mod serve;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,21 @@ struct Cli {
 enum Command {
     /// Run a complete development KMS on its own SoftHSM2 token (never for production).
     Dev(dev::DevArgs),
+    /// Prepare the HSM token and keys, write the static key's CSR and trial certificates.
+    Init(serve::ConfigArg),
+    /// Serve the KMS over HTTPS (what the packaged service runs).
+    Serve(serve::ConfigArg),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration file and the files it names.
+    Check(serve::ConfigArg),
+    /// Print a documented example configuration.
+    Example,
 }
 
 fn init_logging() {
@@ -37,6 +54,13 @@ fn main() -> std::process::ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
+        Command::Init(args) => serve::init(&args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Config(ConfigCommand::Check(args)) => serve::config_check(&args),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::EXAMPLE);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,279 @@
+//! `strongroom.toml`: versioned, unknown keys refused, raw serde form validated into
+//! [`Config`] (STYLE.md "Config and secrets"). Secrets are never in the file itself, only
+//! paths to files that must not be group- or world-readable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/strongroom/strongroom.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    kms: RawKms,
+    tls: RawTls,
+    hsm: RawHsm,
+    auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKms {
+    domain: String,
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    #[serde(default)]
+    static_certificate: Option<PathBuf>,
+    #[serde(default = "default_channel_ttl")]
+    channel_ttl_seconds: u32,
+    #[serde(default = "default_cache_mib")]
+    storage_cache_mib: u32,
+}
+
+fn default_channel_ttl() -> u32 {
+    3600
+}
+fn default_cache_mib() -> u32 {
+    64
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHsm {
+    #[serde(default)]
+    module: Option<PathBuf>,
+    token_label: String,
+    pin_file: PathBuf,
+    #[serde(default)]
+    so_pin_file: Option<PathBuf>,
+    #[serde(default)]
+    softhsm2_conf: Option<PathBuf>,
+    #[serde(default)]
+    wrap_mechanism: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    jwks_file: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub domain: String,
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub static_certificate: PathBuf,
+    pub channel_ttl_seconds: u32,
+    pub storage_cache_bytes: usize,
+    pub tls_certificate: PathBuf,
+    pub tls_private_key: PathBuf,
+    pub hsm_module: PathBuf,
+    pub token_label: String,
+    pub pin_file: PathBuf,
+    pub so_pin_file: Option<PathBuf>,
+    pub softhsm2_conf: Option<PathBuf>,
+    pub wrap_mechanism: strongroom_hsm::WrapMechanism,
+    pub issuers: Vec<(String, PathBuf)>,
+}
+
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(raw: RawConfig) -> anyhow::Result<Self> {
+        if raw.version != 1 {
+            bail!("unsupported config version {} (this strongroom reads version 1)", raw.version);
+        }
+        if !valid_domain(&raw.kms.domain) {
+            bail!("kms.domain {:?} is not a DNS name", raw.kms.domain);
+        }
+        if !raw.kms.state_dir.is_absolute() {
+            bail!("kms.state_dir must be an absolute path");
+        }
+        if raw.kms.channel_ttl_seconds < 60 || raw.kms.channel_ttl_seconds > 7 * 24 * 3600 {
+            bail!("kms.channel_ttl_seconds must be between 60 and 604800");
+        }
+        if raw.auth.issuers.is_empty() {
+            bail!("auth.issuers must name at least one token issuer");
+        }
+        let wrap_mechanism = match raw.hsm.wrap_mechanism.as_deref() {
+            None | Some("aes-key-wrap") => strongroom_hsm::WrapMechanism::AesKeyWrap,
+            Some("aes-key-wrap-pad-softhsm") => strongroom_hsm::WrapMechanism::AesKeyWrapPadSoftHsm,
+            Some("aes-key-wrap-kwp") => strongroom_hsm::WrapMechanism::AesKeyWrapKwp,
+            Some(other) => bail!(
+                "hsm.wrap_mechanism {other:?} is not one of aes-key-wrap, aes-key-wrap-pad-softhsm, aes-key-wrap-kwp"
+            ),
+        };
+        let static_certificate = raw
+            .kms
+            .static_certificate
+            .unwrap_or_else(|| raw.kms.state_dir.join("static-cert.pem"));
+        Ok(Self {
+            domain: raw.kms.domain.to_ascii_lowercase(),
+            listen: raw.kms.listen,
+            static_certificate,
+            state_dir: raw.kms.state_dir,
+            channel_ttl_seconds: raw.kms.channel_ttl_seconds,
+            storage_cache_bytes: usize::try_from(raw.kms.storage_cache_mib)? * 1024 * 1024,
+            tls_certificate: raw.tls.certificate,
+            tls_private_key: raw.tls.private_key,
+            hsm_module: raw
+                .hsm
+                .module
+                .unwrap_or_else(strongroom_hsm::HsmConfig::softhsm_default_module),
+            token_label: raw.hsm.token_label,
+            pin_file: raw.hsm.pin_file,
+            so_pin_file: raw.hsm.so_pin_file,
+            softhsm2_conf: raw.hsm.softhsm2_conf,
+            wrap_mechanism,
+            issuers: raw
+                .auth
+                .issuers
+                .into_iter()
+                .map(|i| (i.issuer, i.jwks_file))
+                .collect(),
+        })
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Self::try_from(raw)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Checks what can be checked without the HSM: secret file permissions, readable files.
+    pub fn check_files(&self) -> anyhow::Result<()> {
+        crate::files::read_secret_file(&self.pin_file).context("hsm.pin_file")?;
+        if let Some(so) = &self.so_pin_file {
+            crate::files::read_secret_file(so).context("hsm.so_pin_file")?;
+        }
+        if !self.hsm_module.exists() {
+            bail!("hsm.module {} does not exist", self.hsm_module.display());
+        }
+        for (iss, path) in &self.issuers {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("auth.issuers {iss}: reading {}", path.display()))?;
+            strongroom_kms::auth::Issuer::from_jwks(iss, &text)
+                .map_err(|e| anyhow::anyhow!("auth.issuers {iss}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests.
+    #[cfg(test)]
+    pub fn for_test() -> Self {
+        #[allow(clippy::unwrap_used)]
+        Self::parse(EXAMPLE).unwrap()
+    }
+}
+
+/// The documented example (also the packaged default, with paths under /etc/strongroom).
+pub const EXAMPLE: &str = r#"# strongroom configuration (version 1). `strongroom config check` validates it.
+version = 1
+
+[kms]
+# The KMS domain: key URIs are kms://<domain>/..., and tokens must name it as audience.
+domain = "kms.example.com"
+listen = "0.0.0.0:8443"
+state_dir = "/var/lib/strongroom"
+# Certificate of the static RSA key (published in x5c). Default: <state_dir>/static-cert.pem,
+# which `strongroom init` writes self-signed for a trial; replace it with one your CA signed
+# from <state_dir>/static.csr.pem.
+# static_certificate = "/etc/strongroom/static-cert.pem"
+channel_ttl_seconds = 3600
+storage_cache_mib = 64
+
+[tls]
+certificate = "/etc/strongroom/tls/cert.pem"
+private_key = "/etc/strongroom/tls/key.pem"
+
+[hsm]
+# Any PKCS#11 module; SoftHSM2 is the default.
+# module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "strongroom"
+pin_file = "/etc/strongroom/hsm-pin"
+# Only `strongroom init` reads the SO PIN, to create a SoftHSM2 token that does not exist yet.
+so_pin_file = "/etc/strongroom/hsm-so-pin"
+# softhsm2_conf = "/etc/strongroom/softhsm2.conf"
+wrap_mechanism = "aes-key-wrap"
+
+[[auth.issuers]]
+issuer = "https://idp.example.com"
+jwks_file = "/etc/strongroom/idp-jwks.json"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses() {
+        let c = Config::for_test();
+        assert_eq!(c.domain, "kms.example.com");
+        assert_eq!(c.static_certificate, PathBuf::from("/var/lib/strongroom/static-cert.pem"));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_versions_are_refused() {
+        let unknown = EXAMPLE.replace("channel_ttl_seconds = 3600", "channel_ttl_seconds = 3600\ncolour = \"blue\"");
+        let e = Config::parse(&unknown).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let v2 = EXAMPLE.replace("version = 1", "version = 2");
+        assert!(Config::parse(&v2).unwrap_err().to_string().contains("version 2"));
+        let bad = EXAMPLE.replace("kms.example.com", "not a domain");
+        assert!(Config::parse(&bad).is_err());
+        let relative = EXAMPLE.replace("\"/var/lib/strongroom\"", "\"var/lib\"");
+        assert!(Config::parse(&relative).is_err());
+    }
+
+    #[test]
+    fn readable_secret_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "1234").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = crate::files::read_secret_file(&p).unwrap_err().to_string();
+        assert!(e.contains("readable by group or others"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(crate::files::read_secret_file(&p).is_ok());
+    }
+}

@@ -1,0 +1,204 @@
+//! The production commands: `init` (first run), `serve` (HTTPS) and `config check`.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use strongroom_hsm::{Hsm, HsmConfig};
+use strongroom_kms::auth::{Issuer, TokenVerifier};
+use strongroom_kms::clock::{Clock, SystemClock};
+use strongroom_kms::storage::RedbStore;
+use strongroom_kms::{Kms, KmsConfig};
+
+use crate::config::Config;
+use crate::{certs, files, server};
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+/// SoftHSM2 reads `SOFTHSM2_CONF` at `C_Initialize` only; with `unsafe` forbidden we cannot
+/// set it in-process, so re-execute with it set when the configuration names one.
+pub fn ensure_softhsm_env(conf: Option<&Path>) -> anyhow::Result<()> {
+    let Some(conf) = conf else { return Ok(()) };
+    if std::env::var_os("SOFTHSM2_CONF").as_deref() == Some(conf.as_os_str()) {
+        return Ok(());
+    }
+    let err = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("SOFTHSM2_CONF", conf)
+        .exec();
+    bail!("re-executing with SOFTHSM2_CONF set failed: {err}")
+}
+
+pub fn hsm_config(cfg: &Config) -> anyhow::Result<HsmConfig> {
+    let pin = files::read_secret_string(&cfg.pin_file).context("hsm.pin_file")?;
+    let mut h = HsmConfig::new(cfg.token_label.clone(), pin);
+    h.module.clone_from(&cfg.hsm_module);
+    h.wrap_mechanism = cfg.wrap_mechanism;
+    Ok(h)
+}
+
+/// Everything a KMS needs, wired; shared by `serve` and `dev`.
+pub struct KmsParts<'a> {
+    pub domain: &'a str,
+    pub hsm: Hsm,
+    pub store_path: PathBuf,
+    pub cache_bytes: usize,
+    pub issuers: Vec<Issuer>,
+    pub x5c: Vec<String>,
+    pub channel_ttl_seconds: u32,
+}
+
+pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
+    let store = Arc::new(
+        RedbStore::open(&parts.store_path, parts.cache_bytes)
+            .with_context(|| format!("opening {}", parts.store_path.display()))?,
+    );
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut cfg = KmsConfig::new(parts.domain);
+    cfg.channel_ttl_ms = i64::from(parts.channel_ttl_seconds) * 1000;
+    let verifier = TokenVerifier::new(
+        format!("kms://{}", parts.domain),
+        parts.issuers,
+        Arc::clone(&clock),
+    );
+    Ok(Arc::new(
+        Kms::new(cfg, store, parts.hsm, verifier, clock, parts.x5c)
+            .await
+            .context("starting the KMS")?,
+    ))
+}
+
+/// `strongroom config check`.
+pub fn config_check(args: &ConfigArg) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.config)?;
+    cfg.check_files()?;
+    println!("{}: OK (KMS kms://{}, listening on {})", args.config.display(), cfg.domain, cfg.listen);
+    Ok(())
+}
+
+/// `strongroom init`: creates the token (SoftHSM2, when missing and an SO PIN is
+/// configured) and the keys, writes a CSR for the static key and, for a trial, a
+/// self-signed certificate for it and a TLS key and certificate. Idempotent.
+pub fn init(args: &ConfigArg) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.config)?;
+    ensure_softhsm_env(cfg.softhsm2_conf.as_deref())?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let hcfg = hsm_config(&cfg)?;
+    if let Some(so) = &cfg.so_pin_file {
+        let so_pin = files::read_secret_string(so).context("hsm.so_pin_file")?;
+        Hsm::init_token(&cfg.hsm_module, &cfg.token_label, &so_pin, &hcfg.pin)
+            .context("initialising the token")?;
+    }
+    let hsm = Hsm::open(&hcfg).context("opening the HSM token")?;
+    hsm.ensure_keys().context("creating or finding the keys in the HSM")?;
+    let mut next = Vec::new();
+
+    let csr_path = cfg.state_dir.join("static.csr.pem");
+    files::write_file(&csr_path, certs::csr_static(&hsm, &cfg.domain)?.as_bytes(), 0o644)?;
+    next.push(format!(
+        "have your CA sign {} (SAN {}; the CA must issue no subordinate CAs) and put the chain in {}",
+        csr_path.display(),
+        cfg.domain,
+        cfg.static_certificate.display()
+    ));
+    if cfg.static_certificate.exists() {
+        println!("static certificate: {} (kept)", cfg.static_certificate.display());
+    } else {
+        let der = certs::self_signed_static(&hsm, &cfg.domain)?;
+        let pem = pem_encode("CERTIFICATE", &der);
+        files::write_file(&cfg.static_certificate, pem.as_bytes(), 0o644)?;
+        println!("static certificate: {} (self-signed, for a trial)", cfg.static_certificate.display());
+    }
+    if cfg.tls_certificate.exists() && cfg.tls_private_key.exists() {
+        println!("TLS certificate: {} (kept)", cfg.tls_certificate.display());
+    } else {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = rcgen::CertificateParams::new(vec![cfg.domain.clone()])?.self_signed(&key)?;
+        for p in [&cfg.tls_certificate, &cfg.tls_private_key] {
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+        }
+        files::write_secret_file(&cfg.tls_private_key, key.serialize_pem().as_bytes())?;
+        files::write_file(&cfg.tls_certificate, cert.pem().as_bytes(), 0o644)?;
+        println!("TLS certificate: {} (self-signed, for a trial)", cfg.tls_certificate.display());
+        next.push(format!(
+            "replace the trial TLS certificate {} and key {} with ones your CA issued for {}",
+            cfg.tls_certificate.display(),
+            cfg.tls_private_key.display(),
+            cfg.domain
+        ));
+    }
+    next.push("check the configuration: strongroom config check".into());
+    next.push("start the service: systemctl enable --now strongroom".into());
+    println!("\nstrongroom is initialised. Next:");
+    for (i, n) in next.iter().enumerate() {
+        println!("  {}. {n}", i + 1);
+    }
+    Ok(())
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// `strongroom serve`.
+pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
+    let cfg = Config::load(&args.config)?;
+    ensure_softhsm_env(cfg.softhsm2_conf.as_deref())?;
+    cfg.check_files()?;
+    let hsm = Hsm::open(&hsm_config(&cfg)?).context("opening the HSM token")?;
+    hsm.ensure_keys().context("finding the keys in the HSM (run strongroom init first)")?;
+    let chain = CertificateDer::pem_file_iter(&cfg.static_certificate)
+        .with_context(|| format!("reading {} (run strongroom init)", cfg.static_certificate.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cfg.static_certificate.display()))?;
+    let leaf = chain.first().context("the static certificate file holds no certificate")?;
+    certs::check_static_cert(leaf, &hsm, &cfg.domain)
+        .with_context(|| format!("{}", cfg.static_certificate.display()))?;
+    let x5c = chain
+        .iter()
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(c))
+        .collect();
+    let mut issuers = Vec::new();
+    for (iss, path) in &cfg.issuers {
+        let text = std::fs::read_to_string(path)?;
+        issuers.push(Issuer::from_jwks(iss, &text).map_err(|e| anyhow::anyhow!("{iss}: {e}"))?);
+    }
+    let tls = server::tls_config(&cfg.tls_certificate, &cfg.tls_private_key)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let kms = start_kms(KmsParts {
+            domain: &cfg.domain,
+            hsm,
+            store_path: cfg.state_dir.join("kms.redb"),
+            cache_bytes: cfg.storage_cache_bytes,
+            issuers,
+            x5c,
+            channel_ttl_seconds: cfg.channel_ttl_seconds,
+        })
+        .await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, domain = %cfg.domain, "strongroom is serving (HTTPS)");
+        server::serve_tls(listener, strongroom_kms::http::router(kms), tls).await
+    })
+}
