@@ -37,7 +37,9 @@ fn hsm_key(hsm: &Hsm) -> anyhow::Result<HsmRsaKey> {
     let e = rsa::BoxedUint::from_be_slice(&public.public_exponent, 64)
         .map_err(|e| anyhow::anyhow!("exponent: {e:?}"))?;
     let key = rsa::PublicKey::new(n, e).context("static RSA public key")?;
-    let der = key.to_pkcs1_der().context("encoding the static public key")?;
+    let der = key
+        .to_pkcs1_der()
+        .context("encoding the static public key")?;
     Ok(HsmRsaKey {
         hsm: hsm.clone(),
         pkcs1_der: der.as_bytes().to_vec(),
@@ -50,7 +52,10 @@ fn params(domain: &str) -> anyhow::Result<rcgen::CertificateParams> {
         .push(rcgen::DnType::CommonName, domain.to_owned());
     p.distinguished_name
         .push(rcgen::DnType::OrganizationName, "strongroom KMS");
-    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
     Ok(p)
 }
 
@@ -61,7 +66,9 @@ pub fn self_signed_static(hsm: &Hsm, domain: &str) -> anyhow::Result<Vec<u8>> {
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::days(1);
     p.not_after = now + time::Duration::days(365);
-    let cert = p.self_signed(&key).context("signing the certificate in the HSM")?;
+    let cert = p
+        .self_signed(&key)
+        .context("signing the certificate in the HSM")?;
     Ok(cert.der().to_vec())
 }
 

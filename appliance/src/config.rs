@@ -113,7 +113,10 @@ impl TryFrom<RawConfig> for Config {
 
     fn try_from(raw: RawConfig) -> anyhow::Result<Self> {
         if raw.version != 1 {
-            bail!("unsupported config version {} (this strongroom reads version 1)", raw.version);
+            bail!(
+                "unsupported config version {} (this strongroom reads version 1)",
+                raw.version
+            );
         }
         if !valid_domain(&raw.kms.domain) {
             bail!("kms.domain {:?} is not a DNS name", raw.kms.domain);
@@ -248,16 +251,27 @@ mod tests {
     fn example_parses() {
         let c = Config::for_test();
         assert_eq!(c.domain, "kms.example.com");
-        assert_eq!(c.static_certificate, PathBuf::from("/var/lib/strongroom/static-cert.pem"));
+        assert_eq!(
+            c.static_certificate,
+            PathBuf::from("/var/lib/strongroom/static-cert.pem")
+        );
     }
 
     #[test]
     fn unknown_keys_and_wrong_versions_are_refused() {
-        let unknown = EXAMPLE.replace("channel_ttl_seconds = 3600", "channel_ttl_seconds = 3600\ncolour = \"blue\"");
+        let unknown = EXAMPLE.replace(
+            "channel_ttl_seconds = 3600",
+            "channel_ttl_seconds = 3600\ncolour = \"blue\"",
+        );
         let e = Config::parse(&unknown).unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
         let v2 = EXAMPLE.replace("version = 1", "version = 2");
-        assert!(Config::parse(&v2).unwrap_err().to_string().contains("version 2"));
+        assert!(
+            Config::parse(&v2)
+                .unwrap_err()
+                .to_string()
+                .contains("version 2")
+        );
         let bad = EXAMPLE.replace("kms.example.com", "not a domain");
         assert!(Config::parse(&bad).is_err());
         let relative = EXAMPLE.replace("\"/var/lib/strongroom\"", "\"var/lib\"");

@@ -54,7 +54,11 @@ pub struct DevArgs {
 
 fn random_pin() -> String {
     let bytes: [u8; 16] = strongroom_kms::crypto::random_bytes();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn pin_file(path: &Path) -> anyhow::Result<SecretString> {
@@ -79,9 +83,12 @@ fn softhsm_conf(state: &Path) -> anyhow::Result<PathBuf> {
     Ok(conf)
 }
 
-pub fn run(args: DevArgs) -> anyhow::Result<()> {
+pub fn run(args: &DevArgs) -> anyhow::Result<()> {
     if !args.listen.ip().is_loopback() {
-        bail!("dev mode serves plain HTTP and only listens on loopback (got {})", args.listen);
+        bail!(
+            "dev mode serves plain HTTP and only listens on loopback (got {})",
+            args.listen
+        );
     }
     let (state, ephemeral) = match &args.state {
         Some(s) => {
@@ -122,7 +129,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(serve(&args, &state));
+    let result = rt.block_on(serve(args, &state));
     if ephemeral {
         let _ = std::fs::remove_dir_all(&state);
     }
@@ -148,7 +155,8 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
     let mut hcfg = HsmConfig::new(DEV_TOKEN_LABEL, pin);
     hcfg.module = module;
     let hsm = Hsm::open(&hcfg).context("opening the dev token")?;
-    hsm.ensure_keys().context("creating the dev keys in the HSM")?;
+    hsm.ensure_keys()
+        .context("creating the dev keys in the HSM")?;
 
     let cert_path = state.join("static-cert.der");
     let cert = match std::fs::read(&cert_path) {
@@ -243,7 +251,11 @@ async fn mint_token(
         Ok(bearer) => Json(serde_json::json!({ "bearer": bearer })).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "minting a dev token failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "internal error"}))).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"error": "internal error"})),
+            )
+                .into_response()
         }
     }
 }

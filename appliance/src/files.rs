@@ -45,14 +45,16 @@ pub fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
             path.display()
         );
     }
-    Ok(Zeroizing::new(std::fs::read(path).with_context(|| {
-        format!("reading {}", path.display())
-    })?))
+    Ok(Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    ))
 }
 
 /// A secret (PIN) from a file, trimmed of its trailing newline.
 pub fn read_secret_string(path: &Path) -> anyhow::Result<secrecy::SecretString> {
     let raw = read_secret_file(path)?;
     let text = std::str::from_utf8(&raw).context("secret file is not UTF-8")?;
-    Ok(secrecy::SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+    Ok(secrecy::SecretString::from(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    ))
 }

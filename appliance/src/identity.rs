@@ -58,7 +58,9 @@ impl DevIssuer {
             files::write_secret_file(&org_path, org.to_string().as_bytes())?;
             org
         };
-        let der = secret.to_pkcs8_der().context("encoding the dev issuer key")?;
+        let der = secret
+            .to_pkcs8_der()
+            .context("encoding the dev issuer key")?;
         Ok(Self {
             encoding: EncodingKey::from_ec_der(der.as_bytes()),
             public: secret.public_key(),

@@ -53,7 +53,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args),
+        Command::Dev(args) => dev::run(&args),
         Command::Init(args) => serve::init(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Config(ConfigCommand::Check(args)) => serve::config_check(&args),

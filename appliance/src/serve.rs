@@ -81,7 +81,12 @@ pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
 pub fn config_check(args: &ConfigArg) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config)?;
     cfg.check_files()?;
-    println!("{}: OK (KMS kms://{}, listening on {})", args.config.display(), cfg.domain, cfg.listen);
+    println!(
+        "{}: OK (KMS kms://{}, listening on {})",
+        args.config.display(),
+        cfg.domain,
+        cfg.listen
+    );
     Ok(())
 }
 
@@ -100,11 +105,16 @@ pub fn init(args: &ConfigArg) -> anyhow::Result<()> {
             .context("initialising the token")?;
     }
     let hsm = Hsm::open(&hcfg).context("opening the HSM token")?;
-    hsm.ensure_keys().context("creating or finding the keys in the HSM")?;
+    hsm.ensure_keys()
+        .context("creating or finding the keys in the HSM")?;
     let mut next = Vec::new();
 
     let csr_path = cfg.state_dir.join("static.csr.pem");
-    files::write_file(&csr_path, certs::csr_static(&hsm, &cfg.domain)?.as_bytes(), 0o644)?;
+    files::write_file(
+        &csr_path,
+        certs::csr_static(&hsm, &cfg.domain)?.as_bytes(),
+        0o644,
+    )?;
     next.push(format!(
         "have your CA sign {} (SAN {}; the CA must issue no subordinate CAs) and put the chain in {}",
         csr_path.display(),
@@ -112,12 +122,18 @@ pub fn init(args: &ConfigArg) -> anyhow::Result<()> {
         cfg.static_certificate.display()
     ));
     if cfg.static_certificate.exists() {
-        println!("static certificate: {} (kept)", cfg.static_certificate.display());
+        println!(
+            "static certificate: {} (kept)",
+            cfg.static_certificate.display()
+        );
     } else {
         let der = certs::self_signed_static(&hsm, &cfg.domain)?;
         let pem = pem_encode("CERTIFICATE", &der);
         files::write_file(&cfg.static_certificate, pem.as_bytes(), 0o644)?;
-        println!("static certificate: {} (self-signed, for a trial)", cfg.static_certificate.display());
+        println!(
+            "static certificate: {} (self-signed, for a trial)",
+            cfg.static_certificate.display()
+        );
     }
     if cfg.tls_certificate.exists() && cfg.tls_private_key.exists() {
         println!("TLS certificate: {} (kept)", cfg.tls_certificate.display());
@@ -131,7 +147,10 @@ pub fn init(args: &ConfigArg) -> anyhow::Result<()> {
         }
         files::write_secret_file(&cfg.tls_private_key, key.serialize_pem().as_bytes())?;
         files::write_file(&cfg.tls_certificate, cert.pem().as_bytes(), 0o644)?;
-        println!("TLS certificate: {} (self-signed, for a trial)", cfg.tls_certificate.display());
+        println!(
+            "TLS certificate: {} (self-signed, for a trial)",
+            cfg.tls_certificate.display()
+        );
         next.push(format!(
             "replace the trial TLS certificate {} and key {} with ones your CA issued for {}",
             cfg.tls_certificate.display(),
@@ -155,7 +174,9 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
         out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
         out.push('\n');
     }
-    out.push_str(&format!("-----END {label}-----\n"));
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
     out
 }
 
@@ -165,12 +186,20 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
     ensure_softhsm_env(cfg.softhsm2_conf.as_deref())?;
     cfg.check_files()?;
     let hsm = Hsm::open(&hsm_config(&cfg)?).context("opening the HSM token")?;
-    hsm.ensure_keys().context("finding the keys in the HSM (run strongroom init first)")?;
+    hsm.ensure_keys()
+        .context("finding the keys in the HSM (run strongroom init first)")?;
     let chain = CertificateDer::pem_file_iter(&cfg.static_certificate)
-        .with_context(|| format!("reading {} (run strongroom init)", cfg.static_certificate.display()))?
+        .with_context(|| {
+            format!(
+                "reading {} (run strongroom init)",
+                cfg.static_certificate.display()
+            )
+        })?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", cfg.static_certificate.display()))?;
-    let leaf = chain.first().context("the static certificate file holds no certificate")?;
+    let leaf = chain
+        .first()
+        .context("the static certificate file holds no certificate")?;
     certs::check_static_cert(leaf, &hsm, &cfg.domain)
         .with_context(|| format!("{}", cfg.static_certificate.display()))?;
     let x5c = chain
@@ -183,7 +212,9 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
         issuers.push(Issuer::from_jwks(iss, &text).map_err(|e| anyhow::anyhow!("{iss}: {e}"))?);
     }
     let tls = server::tls_config(&cfg.tls_certificate, &cfg.tls_private_key)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let kms = start_kms(KmsParts {
             domain: &cfg.domain,

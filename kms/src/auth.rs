@@ -170,10 +170,9 @@ impl TokenVerifier {
         struct IssOnly {
             iss: String,
         }
-        let unverified: IssOnly =
-            jsonwebtoken::dangerous::insecure_decode(token)
-                .map_err(|_| AuthError::Malformed)?
-                .claims;
+        let unverified: IssOnly = jsonwebtoken::dangerous::insecure_decode(token)
+            .map_err(|_| AuthError::Malformed)?
+            .claims;
         let issuer = self
             .issuers
             .iter()
@@ -181,8 +180,7 @@ impl TokenVerifier {
             .ok_or(AuthError::UnknownIssuer)?;
         let mut last = AuthError::BadSignature;
         for (kid, alg, key) in &issuer.keys {
-            if header.alg != *alg || (header.kid.is_some() && kid.is_some() && header.kid != *kid)
-            {
+            if header.alg != *alg || (header.kid.is_some() && kid.is_some() && header.kid != *kid) {
                 continue;
             }
             let mut v = Validation::new(*alg);

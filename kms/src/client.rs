@@ -109,7 +109,10 @@ impl KmsClient {
 
     /// Starts the ECDHE handshake: a JWE to the static key carrying a fresh P-256 key.
     pub fn begin_handshake(&self) -> Result<(String, PendingHandshake), ClientError> {
-        let secret = <p256::ecdh::EphemeralSecret as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
+        let secret =
+            <p256::ecdh::EphemeralSecret as p256::elliptic_curve::Generate>::generate_from_rng(
+                &mut rand::rng(),
+            );
         let jwk = EcPublicJwk::from_public_key(&secret.public_key());
         let (body, request_id) = self.envelope(
             "create",
@@ -124,7 +127,9 @@ impl KmsClient {
         Ok((jwe, PendingHandshake { secret, request_id }))
     }
 
-    /// Completes the handshake from the server's signed answer.
+    /// Completes the handshake from the server's signed answer. Takes the pending
+    /// handshake by value: its ephemeral secret is used once.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn finish_handshake(
         &mut self,
         answer: &str,
@@ -135,7 +140,9 @@ impl KmsClient {
             return Err(ClientError::Unexpected("requestId not echoed".into()));
         }
         if body["status"] != 201 {
-            return Err(ClientError::Unexpected(format!("handshake refused: {body}")));
+            return Err(ClientError::Unexpected(format!(
+                "handshake refused: {body}"
+            )));
         }
         let server: EcPublicJwk = serde_json::from_value(body["key"]["jwk"].clone())
             .map_err(|_| ClientError::Unexpected("no server jwk".into()))?;
@@ -150,7 +157,12 @@ impl KmsClient {
     }
 
     /// Builds a request on the channel. Returns the JWE and its requestId.
-    pub fn request(&self, method: &str, uri: &str, extra: Value) -> Result<(String, String), ClientError> {
+    pub fn request(
+        &self,
+        method: &str,
+        uri: &str,
+        extra: Value,
+    ) -> Result<(String, String), ClientError> {
         let ch = self.channel.as_ref().ok_or(ClientError::NoChannel)?;
         let (body, rid) = self.envelope(method, uri, extra);
         Ok((

@@ -58,8 +58,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Parses an RFC 3339 date into epoch milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
@@ -72,7 +71,10 @@ mod tests {
         let s = rfc3339(1_767_323_045_123);
         assert_eq!(s, "2026-01-02T03:04:05.123Z");
         assert_eq!(parse_rfc3339(&s), Some(1_767_323_045_123));
-        assert_eq!(parse_rfc3339("2026-01-02T03:04:05Z"), Some(1_767_323_045_000));
+        assert_eq!(
+            parse_rfc3339("2026-01-02T03:04:05Z"),
+            Some(1_767_323_045_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

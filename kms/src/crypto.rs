@@ -35,6 +35,7 @@ impl SecretKey32 {
         &self.0
     }
 
+    #[must_use]
     /// An explicit copy (for handing a key to a second owner, e.g. a cache).
     pub fn duplicate(&self) -> Self {
         Self(self.0)

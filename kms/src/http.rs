@@ -79,7 +79,9 @@ async fn messages(State(kms): State<Arc<Kms>>, body: Bytes) -> Result<Response, 
         ));
     }
     if req.kms_messages.is_empty() || req.kms_messages.len() > MAX_MESSAGES {
-        return Err(bad(format!("kmsMessages must hold 1 to {MAX_MESSAGES} messages")));
+        return Err(bad(format!(
+            "kmsMessages must hold 1 to {MAX_MESSAGES} messages"
+        )));
     }
     let mut out = Vec::with_capacity(req.kms_messages.len());
     for m in &req.kms_messages {
@@ -104,7 +106,11 @@ async fn discovery(
 
 async fn healthz(State(kms): State<Arc<Kms>>) -> Response {
     match kms.store().key_count() {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Ok(_) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check: storage unreadable");
             (

@@ -15,7 +15,10 @@ pub enum Target {
     Resources,
     Resource(Uuid),
     ResourceKeys(Uuid),
-    ResourceAuthorizations { resource: Uuid, auth_id: Option<String> },
+    ResourceAuthorizations {
+        resource: Uuid,
+        auth_id: Option<String>,
+    },
     Authorizations,
     Ping,
 }
@@ -76,7 +79,9 @@ impl Uris {
         } else if uri.starts_with('/') {
             Ok(uri)
         } else {
-            Err(KmsError::BadRequest("uri must be absolute or start with '/'".into()))
+            Err(KmsError::BadRequest(
+                "uri must be absolute or start with '/'".into(),
+            ))
         }
     }
 
@@ -131,8 +136,9 @@ impl Uris {
 fn parse_auth_query(q: &str) -> Result<String, KmsError> {
     for pair in q.split('&') {
         if let Some(v) = pair.strip_prefix("authId=") {
-            return percent_decode(v)
-                .ok_or_else(|| KmsError::BadRequest("authId is not valid percent-encoding".into()));
+            return percent_decode(v).ok_or_else(|| {
+                KmsError::BadRequest("authId is not valid percent-encoding".into())
+            });
         }
     }
     Err(KmsError::BadRequest("query must carry authId".into()))

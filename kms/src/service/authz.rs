@@ -5,10 +5,10 @@
 use uuid::Uuid;
 
 use super::{Caller, Kms};
+use crate::clock::rfc3339;
 use crate::envelope::{AuthorizationObject, Request};
 use crate::error::KmsError;
 use crate::storage::{AuthId, StoredAuth, StoredResource};
-use crate::clock::rfc3339;
 
 impl Kms {
     pub(super) fn is_authorized(&self, user: Uuid, resource: Uuid) -> Result<bool, KmsError> {
@@ -46,10 +46,9 @@ impl Kms {
         caller: &Caller,
         id: Uuid,
     ) -> Result<StoredResource, KmsError> {
-        let r = self
-            .store
-            .resource(id)?
-            .ok_or_else(|| KmsError::NotFound(format!("no such resource: {}", self.uris.resource(id))))?;
+        let r = self.store.resource(id)?.ok_or_else(|| {
+            KmsError::NotFound(format!("no such resource: {}", self.uris.resource(id)))
+        })?;
         if self.is_authorized(caller.user, id)? {
             Ok(r)
         } else {
@@ -70,10 +69,11 @@ impl Kms {
         if let Ok(u) = Uuid::parse_str(s) {
             return Ok(AuthId::User(u));
         }
-        let r = self
-            .uris
-            .resource_id(s)
-            .map_err(|_| KmsError::BadRequest(format!("authId is neither a user UUID nor a resource URI: {s}")))?;
+        let r = self.uris.resource_id(s).map_err(|_| {
+            KmsError::BadRequest(format!(
+                "authId is neither a user UUID nor a resource URI: {s}"
+            ))
+        })?;
         if self.store.resource(r)?.is_none() {
             return Err(KmsError::NotFound(format!("no such resource: {s}")));
         }

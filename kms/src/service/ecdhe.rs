@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Caller, Channel, Kms, CHANNEL_CACHE_SWEEP};
+use super::{CHANNEL_CACHE_SWEEP, Caller, Channel, Kms};
 use crate::clock::rfc3339;
 use crate::crypto;
 use crate::envelope::{EcdheKeyObject, Payload, Request, Response};
@@ -74,14 +74,16 @@ impl Kms {
                 "a message to the static key must be create on /ecdhe".into(),
             ));
         }
-        let client_jwk = req
-            .jwk
-            .as_ref()
-            .ok_or_else(|| KmsError::BadRequest("jwk (the client's EC public key) is required".into()))?;
+        let client_jwk = req.jwk.as_ref().ok_or_else(|| {
+            KmsError::BadRequest("jwk (the client's EC public key) is required".into())
+        })?;
         let client_pub = client_jwk
             .to_public_key()
             .map_err(|e| KmsError::BadRequest(format!("jwk: {e}")))?;
-        let secret = <p256::ecdh::EphemeralSecret as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
+        let secret =
+            <p256::ecdh::EphemeralSecret as p256::elliptic_curve::Generate>::generate_from_rng(
+                &mut rand::rng(),
+            );
         let server_pub = EcPublicJwk::from_public_key(&secret.public_key());
         let shared = secret.diffie_hellman(&client_pub);
         let key = crypto::hkdf_sha256_zero_salt(shared.raw_secret_bytes());

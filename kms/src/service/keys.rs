@@ -98,7 +98,11 @@ impl Kms {
             None => {}
             Some(r) => self.require_authorized(caller, r)?,
         }
-        Ok(Response::ok(200, rid, Some(Payload::Key(self.key_object(&k)?))))
+        Ok(Response::ok(
+            200,
+            rid,
+            Some(Payload::Key(self.key_object(&k)?)),
+        ))
     }
 
     /// `update` on a key URI with `resourceUri`: binds the key (creator only, and the
@@ -123,7 +127,9 @@ impl Kms {
         self.require_resource(caller, resource)?;
         let now = self.now_ms();
         if k.resource.is_none() && k.expires_ms <= now {
-            return Err(KmsError::Conflict("the key expired before it was bound".into()));
+            return Err(KmsError::Conflict(
+                "the key expired before it was bound".into(),
+            ));
         }
         let out = self
             .store
@@ -141,7 +147,9 @@ impl Kms {
             )),
             Some(WriteOutcome::Conflict(why)) => Err(KmsError::Conflict(why.into())),
             Some(WriteOutcome::NotFound) => Err(KmsError::NotFound(self.uris.key(id))),
-            other => Err(KmsError::Internal(format!("unexpected bind outcome {other:?}"))),
+            other => Err(KmsError::Internal(format!(
+                "unexpected bind outcome {other:?}"
+            ))),
         }
     }
 }

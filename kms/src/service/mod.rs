@@ -311,9 +311,13 @@ impl Kms {
             ("retrieve", Target::Resource(id)) => self.retrieve_resource(&caller, id, rid),
             ("retrieve", Target::ResourceKeys(id)) => self.resource_keys(&caller, id, &req),
             ("create", Target::Authorizations) => self.create_authorizations(&caller, &req).await,
-            ("retrieve", Target::ResourceAuthorizations { resource, auth_id: None }) => {
-                self.list_authorizations(&caller, resource, rid)
-            }
+            (
+                "retrieve",
+                Target::ResourceAuthorizations {
+                    resource,
+                    auth_id: None,
+                },
+            ) => self.list_authorizations(&caller, resource, rid),
             (
                 "delete",
                 Target::ResourceAuthorizations {

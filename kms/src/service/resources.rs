@@ -57,10 +57,7 @@ impl Kms {
         }
         let now = self.now_ms();
         let id = Uuid::new_v4();
-        let auths = ids
-            .into_iter()
-            .map(|a| self.new_auth(id, a, now))
-            .collect();
+        let auths = ids.into_iter().map(|a| self.new_auth(id, a, now)).collect();
         let out = self
             .store
             .apply(vec![Write::CreateResource {
@@ -160,7 +157,9 @@ impl Kms {
         self.require_resource(caller, resource)?;
         let ids = self.auth_ids(req)?;
         if ids.is_empty() {
-            return Err(KmsError::BadRequest("userIds or authIds must name someone".into()));
+            return Err(KmsError::BadRequest(
+                "userIds or authIds must name someone".into(),
+            ));
         }
         let now = self.now_ms();
         let auths = ids

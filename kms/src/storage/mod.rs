@@ -40,7 +40,11 @@ pub enum Write {
     PutKeys(Vec<StoredKey>),
     /// Binds `key` to `resource` if the key is unbound (or already bound to this resource:
     /// idempotent). Outcome: `Bound(key)` or `Conflict`/`NotFound`.
-    BindKey { key: Uuid, resource: Uuid, at_ms: i64 },
+    BindKey {
+        key: Uuid,
+        resource: Uuid,
+        at_ms: i64,
+    },
     /// Creates a resource with its initial authorizations; keys in `bind` are bound per
     /// `BindKey` semantics (all or nothing).
     CreateResource {
@@ -51,12 +55,21 @@ pub enum Write {
     },
     /// Adds authorizations; an `auth_id` already present is kept (merged), and the existing
     /// record is returned in its place.
-    AddAuths { resource: Uuid, auths: Vec<StoredAuth> },
+    AddAuths {
+        resource: Uuid,
+        auths: Vec<StoredAuth>,
+    },
     /// Removes one authorization; outcome `Removed(Some(..))` or `Removed(None)`.
-    RemoveAuth { resource: Uuid, auth_id: AuthId },
+    RemoveAuth {
+        resource: Uuid,
+        auth_id: AuthId,
+    },
     PutChannel(StoredChannel),
     DeleteChannel(Uuid),
-    PutMeta { name: String, value: Vec<u8> },
+    PutMeta {
+        name: String,
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,7 +36,10 @@ pub fn strongroom_bin() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("strongroom binary not found next to {}; build it (cargo build -p strongroom) or set STRONGROOM_BIN", exe.display())
+    bail!(
+        "strongroom binary not found next to {}; build it (cargo build -p strongroom) or set STRONGROOM_BIN",
+        exe.display()
+    )
 }
 
 /// A running `strongroom dev`.
@@ -53,13 +56,13 @@ impl DevServer {
         if let Some(s) = state {
             cmd.arg("--state").arg(s);
         }
-        cmd.args(extra)
-            .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("STRONGROOM_LOG").is_some() {
+        cmd.args(extra).stdout(Stdio::piped()).stderr(
+            if std::env::var_os("STRONGROOM_LOG").is_some() {
                 Stdio::inherit()
             } else {
                 Stdio::null()
-            });
+            },
+        );
         let mut child = cmd.spawn().context("starting strongroom dev")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut line = String::new();
@@ -70,7 +73,8 @@ impl DevServer {
             let status = child.wait()?;
             bail!("strongroom dev exited ({status}) before printing its JSON line");
         }
-        let info: DevInfo = serde_json::from_str(line.trim()).context("parsing the dev JSON line")?;
+        let info: DevInfo =
+            serde_json::from_str(line.trim()).context("parsing the dev JSON line")?;
         Ok(Self { child, info })
     }
 
@@ -111,11 +115,18 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
-pub async fn mint_token(http: &reqwest::Client, info: &DevInfo, user: Uuid, client_id: &str) -> anyhow::Result<String> {
+pub async fn mint_token(
+    http: &reqwest::Client,
+    info: &DevInfo,
+    user: Uuid,
+    client_id: &str,
+) -> anyhow::Result<String> {
     let r: Value = http
         .post(&info.token_url)
         .json(&json!({"user_id": user, "client_id": client_id}))
@@ -124,11 +135,18 @@ pub async fn mint_token(http: &reqwest::Client, info: &DevInfo, user: Uuid, clie
         .error_for_status()?
         .json()
         .await?;
-    r["bearer"].as_str().map(str::to_owned).context("no bearer in the token answer")
+    r["bearer"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no bearer in the token answer")
 }
 
 /// Posts JOSE messages to `/kms/messages` and returns the answers.
-pub async fn post_messages(http: &reqwest::Client, info: &DevInfo, msgs: Vec<String>) -> anyhow::Result<Vec<String>> {
+pub async fn post_messages(
+    http: &reqwest::Client,
+    info: &DevInfo,
+    msgs: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
     let r: Value = http
         .post(format!("{}/kms/messages", info.kms_url))
         .json(&json!({"destination": info.kms_cluster, "kmsMessages": msgs}))
@@ -141,14 +159,23 @@ pub async fn post_messages(http: &reqwest::Client, info: &DevInfo, msgs: Vec<Str
         .as_array()
         .context("no kmsMessages in the answer")?
         .iter()
-        .map(|v| v.as_str().map(str::to_owned).context("answer is not a string"))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .context("answer is not a string")
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(out)
 }
 
 impl Session {
     /// Mints a token for `user` and runs the ECDHE handshake.
-    pub async fn connect(http: &reqwest::Client, info: &DevInfo, user: Uuid, client_id: &str) -> anyhow::Result<Self> {
+    pub async fn connect(
+        http: &reqwest::Client,
+        info: &DevInfo,
+        user: Uuid,
+        client_id: &str,
+    ) -> anyhow::Result<Self> {
         let bearer = mint_token(http, info, user, client_id).await?;
         let mut kms = KmsClient::new(
             info.static_jwk.clone(),
@@ -161,7 +188,12 @@ impl Session {
         let answer = post_messages(http, info, vec![hs]).await?;
         let first = answer.into_iter().next().context("no answer")?;
         kms.finish_handshake(&first, pending)?;
-        Ok(Self { http: http.clone(), info: info.clone(), user, kms })
+        Ok(Self {
+            http: http.clone(),
+            info: info.clone(),
+            user,
+            kms,
+        })
     }
 
     /// One request on the channel; returns the opened answer body.

@@ -13,18 +13,45 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let url = format!("{}/kms/messages", info.kms_url);
     let user = Uuid::new_v4();
     let s = Session::connect(&http, &info, user, "dev").await.unwrap();
-    let created = s.call("create", "/keys", json!({"count": 1})).await.unwrap();
-    let res = s.call("create", "/resources", json!({"keyUris": [created["keys"][0]["uri"]]})).await.unwrap();
+    let created = s
+        .call("create", "/keys", json!({"count": 1}))
+        .await
+        .unwrap();
+    let res = s
+        .call(
+            "create",
+            "/resources",
+            json!({"keyUris": [created["keys"][0]["uri"]]}),
+        )
+        .await
+        .unwrap();
     let snapshot = |v: &Value| v["resource"].to_string();
-    let before = snapshot(&s.call("retrieve", res["resource"]["uri"].as_str().unwrap(), json!({})).await.unwrap());
+    let before = snapshot(
+        &s.call(
+            "retrieve",
+            res["resource"]["uri"].as_str().unwrap(),
+            json!({}),
+        )
+        .await
+        .unwrap(),
+    );
 
     // A fresh connection per case: after a 413 the server closes the connection without
     // reading the body, which a pooled keep-alive connection would trip over.
     let raw = |body: Vec<u8>| {
-        let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
         let url = url.clone();
         async move {
-            let r = http.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
             (status, body)
@@ -34,24 +61,47 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
         ("malformed JSON", b"{\"destination\": ".to_vec(), 400),
         ("not UTF-8", vec![0xff, 0xfe, 0x00, 0x7b], 400),
         ("wrong shape", br#"{"hello": "world"}"#.to_vec(), 400),
-        ("unknown destination", json!({"destination": "kms://elsewhere", "kmsMessages": ["a.b.c.d.e"]}).to_string().into_bytes(), 404),
-        ("no messages", json!({"destination": info.kms_cluster, "kmsMessages": []}).to_string().into_bytes(), 400),
-        ("oversized", {
-            let big = "A".repeat(2 * 1024 * 1024);
-            json!({"destination": info.kms_cluster, "kmsMessages": [big]}).to_string().into_bytes()
-        }, 413),
+        (
+            "unknown destination",
+            json!({"destination": "kms://elsewhere", "kmsMessages": ["a.b.c.d.e"]})
+                .to_string()
+                .into_bytes(),
+            404,
+        ),
+        (
+            "no messages",
+            json!({"destination": info.kms_cluster, "kmsMessages": []})
+                .to_string()
+                .into_bytes(),
+            400,
+        ),
+        (
+            "oversized",
+            {
+                let big = "A".repeat(2 * 1024 * 1024);
+                json!({"destination": info.kms_cluster, "kmsMessages": [big]})
+                    .to_string()
+                    .into_bytes()
+            },
+            413,
+        ),
     ];
     for (name, body, want) in cases {
         let (status, body) = raw(body).await;
         assert_eq!(status, want, "{name}: got {status} {body}");
         if want != 413 {
-            assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}: clear error text, got {body}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{name}: clear error text, got {body}"
+            );
         }
     }
 
     // JOSE-level garbage: answered in-band with a signed 400, one answer per message.
     for garbage in ["a.b.c", "a.b.c.d.e", "....", "not jose", "a.b.c.d.e.f"] {
-        let answers = strongroom_e2e::post_messages(&http, &info, vec![garbage.to_owned()]).await.unwrap();
+        let answers = strongroom_e2e::post_messages(&http, &info, vec![garbage.to_owned()])
+            .await
+            .unwrap();
         let body = s.kms.open(&answers[0]).unwrap();
         assert_eq!(body["status"], 400, "{garbage}: {body}");
     }
@@ -60,21 +110,44 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
     assert_eq!(r["status"], 400);
     let r = s.call("retrieve", "/nowhere", json!({})).await.unwrap();
     assert_eq!(r["status"], 404);
-    let r = s.call("create", "/keys", json!({"count": 100_000})).await.unwrap();
+    let r = s
+        .call("create", "/keys", json!({"count": 100_000}))
+        .await
+        .unwrap();
     assert_eq!(r["status"], 400);
 
     // Unknown HTTP endpoints and methods.
-    let r = http.get(format!("{}/nope", info.kms_url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/nope", info.kms_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
-    let r = http.get(format!("{}/kms/not-a-uuid", info.kms_url)).send().await.unwrap();
+    let r = http
+        .get(format!("{}/kms/not-a-uuid", info.kms_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 
     // Still up, and nothing changed.
-    let after = snapshot(&s.call("retrieve", res["resource"]["uri"].as_str().unwrap(), json!({})).await.unwrap());
+    let after = snapshot(
+        &s.call(
+            "retrieve",
+            res["resource"]["uri"].as_str().unwrap(),
+            json!({}),
+        )
+        .await
+        .unwrap(),
+    );
     assert_eq!(before, after);
-    let health = http.get(format!("{}/healthz", info.kms_url)).send().await.unwrap();
+    let health = http
+        .get(format!("{}/healthz", info.kms_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
     server.stop().unwrap();
 }

@@ -29,7 +29,10 @@ async fn acknowledged_keys_survive_kill_9() {
                     }
                     let mut a = acked.lock().unwrap();
                     for k in r["keys"].as_array().unwrap() {
-                        a.push((k["uri"].as_str().unwrap().into(), k["jwk"]["k"].as_str().unwrap().into()));
+                        a.push((
+                            k["uri"].as_str().unwrap().into(),
+                            k["jwk"]["k"].as_str().unwrap().into(),
+                        ));
                     }
                 }
                 #[allow(unreachable_code)]
@@ -46,9 +49,15 @@ async fn acknowledged_keys_survive_kill_9() {
     }
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "the test must actually create keys (got {})", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the test must actually create keys (got {})",
+        acked.len()
+    );
     let server = DevServer::start(Some(state.path()), &[]).unwrap();
-    let s = Session::connect(&http, &server.info, user, "checker").await.unwrap();
+    let s = Session::connect(&http, &server.info, user, "checker")
+        .await
+        .unwrap();
     for (uri, k) in &acked {
         let r = s.call("retrieve", uri, json!({})).await.unwrap();
         assert_eq!(r["status"], 200, "acknowledged key lost: {uri}");

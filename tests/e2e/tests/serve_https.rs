@@ -28,7 +28,10 @@ fn secret(path: &Path, text: &str) {
 }
 
 fn strongroom(args: &[&str]) -> std::process::Output {
-    Command::new(strongroom_bin().unwrap()).args(args).output().unwrap()
+    Command::new(strongroom_bin().unwrap())
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,16 +41,24 @@ async fn init_check_and_serve_over_https() {
     std::fs::create_dir_all(d.join("tokens")).unwrap();
     std::fs::write(
         d.join("softhsm2.conf"),
-        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", d.join("tokens").display()),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            d.join("tokens").display()
+        ),
     )
     .unwrap();
     secret(&d.join("pin"), "user-pin-1234\n");
     secret(&d.join("so-pin"), "so-pin-5678\n");
-    let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
+    let sk =
+        <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
     let point = sk.public_key().to_sec1_bytes();
     let jwks = json!({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x": b64e(&point[1..33]),"y": b64e(&point[33..65])}]});
     std::fs::write(d.join("jwks.json"), jwks.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = format!(
         r#"version = 1
 [kms]
@@ -74,14 +85,25 @@ jwks_file = "{dir}/jwks.json"
     let cfg = cfg_path.to_str().unwrap();
 
     let out = strongroom(&["init", "--config", cfg]);
-    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Next:"), "init tells IT what to do next: {text}");
+    assert!(
+        text.contains("Next:"),
+        "init tells IT what to do next: {text}"
+    );
     assert!(d.join("state/static.csr.pem").exists() && d.join("state/static-cert.pem").exists());
     // Idempotent: a second init keeps everything.
     assert!(strongroom(&["init", "--config", cfg]).status.success());
     let out = strongroom(&["config", "check", "--config", cfg]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A group-readable PIN file is refused, with a clear message.
     std::fs::set_permissions(d.join("pin"), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -100,11 +122,13 @@ jwks_file = "{dir}/jwks.json"
     let ca = CertificateDer::from_pem_file(d.join("tls/cert.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .resolve(DOMAIN, format!("127.0.0.1:{port}").parse().unwrap())
@@ -113,7 +137,11 @@ jwks_file = "{dir}/jwks.json"
     let base = format!("https://{DOMAIN}:{port}");
     let mut discovery = None;
     for _ in 0..100 {
-        if let Ok(r) = http.get(format!("{base}/kms/{}", Uuid::new_v4())).send().await {
+        if let Ok(r) = http
+            .get(format!("{base}/kms/{}", Uuid::new_v4()))
+            .send()
+            .await
+        {
             discovery = Some(r.json::<Value>().await.unwrap());
             break;
         }
@@ -121,25 +149,47 @@ jwks_file = "{dir}/jwks.json"
     }
     let discovery = discovery.expect("serve came up over HTTPS");
     assert_eq!(discovery["kmsCluster"], format!("kms://{DOMAIN}"));
-    let jwk: RsaPublicJwk = serde_json::from_str(discovery["rsaPublicKey"].as_str().unwrap()).unwrap();
+    let jwk: RsaPublicJwk =
+        serde_json::from_str(discovery["rsaPublicKey"].as_str().unwrap()).unwrap();
     assert_eq!(jwk.x5c.len(), 1, "x5c carries the static certificate");
 
     // A user with a token from the configured issuer: handshake and a key.
     let user = Uuid::new_v4();
-    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
     let mut h = Header::new(Algorithm::ES256);
     h.kid = Some("k1".into());
     let claims = json!({"iss": ISS, "aud": format!("kms://{DOMAIN}"), "sub": user.to_string(),
         "org": Uuid::new_v4().to_string(), "iat": now, "exp": now + 600});
     let der = sk.to_pkcs8_der().unwrap();
-    let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap();
-    let mut c = KmsClient::new(jwk, &format!("kms://{DOMAIN}"), user, "dev-1", SecretString::from(token)).unwrap();
+    let token =
+        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap();
+    let mut c = KmsClient::new(
+        jwk,
+        &format!("kms://{DOMAIN}"),
+        user,
+        "dev-1",
+        SecretString::from(token),
+    )
+    .unwrap();
     let post = |msg: String| {
         let http = http.clone();
         let url = format!("{base}/kms/messages");
         async move {
-            let r: Value = http.post(url).json(&json!({"destination": format!("kms://{DOMAIN}"), "kmsMessages": [msg]}))
-                .send().await.unwrap().json().await.unwrap();
+            let r: Value = http
+                .post(url)
+                .json(&json!({"destination": format!("kms://{DOMAIN}"), "kmsMessages": [msg]}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             r["kmsMessages"][0].as_str().unwrap().to_owned()
         }
     };
@@ -149,9 +199,16 @@ jwks_file = "{dir}/jwks.json"
     let (req, _) = c.request("create", "/keys", json!({"count": 1})).unwrap();
     let body = c.open(&post(req).await).unwrap();
     assert_eq!(body["status"], 201);
-    assert!(body["keys"][0]["uri"].as_str().unwrap().starts_with(&format!("kms://{DOMAIN}/keys/")));
+    assert!(
+        body["keys"][0]["uri"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("kms://{DOMAIN}/keys/"))
+    );
 
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "serve stops cleanly on SIGTERM: {status}");
 }

@@ -1,0 +1,293 @@
+//! KMS benchmark (not a test): a load generator on the same machine, over loopback HTTP
+//! keep-alive, against a real `strongroom dev` (SoftHSM2, redb). Build both in release:
+//! `cargo build --release -p strongroom -p strongroom-e2e && target/release/kms-bench`.
+//!
+//! Reports: retrieves/s and p50/p99 through the full JWE channel at full load and at half
+//! that rate; ECDHE handshakes/s (static key in SoftHSM2); durable key creations/s; RSS of
+//! the server with N stored keys; and the in-process cost of the cryptography alone per
+//! retrieve, so the overhead ratio is known.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde_json::json;
+use strongroom_e2e::{DevServer, Session, post_messages};
+use uuid::Uuid;
+
+struct Args {
+    seconds: u64,
+    concurrency: usize,
+    keys: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 10,
+        concurrency: 32,
+        keys: 1_000_000,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < v.len() {
+        match v[i].as_str() {
+            "--seconds" => a.seconds = v[i + 1].parse().unwrap_or(a.seconds),
+            "--concurrency" => a.concurrency = v[i + 1].parse().unwrap_or(a.concurrency),
+            "--keys" => a.keys = v[i + 1].parse().unwrap_or(a.keys),
+            _ => {}
+        }
+        i += 2;
+    }
+    a
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    #[allow(clippy::cast_precision_loss)]
+    let us = sorted[idx.min(sorted.len() - 1)] as f64;
+    us / 1000.0
+}
+
+/// Runs `concurrency` sessions retrieving `key_uri` for `secs`; optional total rate limit.
+async fn retrieve_load(
+    sessions: &[Arc<Session>],
+    key_uri: &str,
+    secs: u64,
+    rate: Option<f64>,
+) -> anyhow::Result<(f64, Vec<u64>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    #[allow(clippy::cast_precision_loss)]
+    let per_task = rate.map(|r| r / sessions.len() as f64);
+    for s in sessions {
+        let (s, stop, done, uri) = (
+            Arc::clone(s),
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            key_uri.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let start = Instant::now();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(r) = per_task {
+                    #[allow(clippy::cast_precision_loss)]
+                    let due = start + Duration::from_secs_f64(n as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let t = Instant::now();
+                let r = s.call("retrieve", &uri, json!({})).await?;
+                anyhow::ensure!(r["status"] == 200, "retrieve failed: {r}");
+                lat.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rps = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok((rps, all))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The cryptography of one retrieve, in process: the client encrypts the request, the
+/// server decrypts it, unseals the key, encrypts the answer, the client decrypts it.
+fn crypto_only_us() -> f64 {
+    use strongroom_kms::crypto::SecretKey32;
+    use strongroom_kms::jose::jwe;
+    use strongroom_kms::kek::Kek;
+    let channel = SecretKey32::generate();
+    let kek = Kek::from_key(SecretKey32::generate());
+    let uri = "kms://kms.strongroom.test/keys/00000000-0000-0000-0000-000000000000";
+    let sealed = kek.seal(uri, &SecretKey32::generate());
+    let req = br#"{"uri":"kms://kms.strongroom.test/keys/00000000-0000-0000-0000-000000000000","method":"retrieve","requestId":"6f1c2a2e-0000-4000-8000-000000000000","client":{"clientId":"bench","credential":{"userId":"6f1c2a2e-0000-4000-8000-000000000001","bearer":"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.sig-sig-sig-sig-sig-sig-sig-sig-sig-sig-sig-sig-sig-sig-sig"}}}"#;
+    let resp = vec![b'x'; 420];
+    let n = 100_000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        let m = jwe::encrypt_dir(&channel, "kms://k/ecdhe/1", req);
+        let p = jwe::Jwe::parse(&m).and_then(|j| j.decrypt_dir(&channel));
+        let k = kek.unseal(uri, &sealed);
+        let a = jwe::encrypt_dir(&channel, "kms://k/ecdhe/1", &resp);
+        let b = jwe::Jwe::parse(&a).and_then(|j| j.decrypt_dir(&channel));
+        std::hint::black_box((p.is_ok(), k.is_ok(), b.is_ok()));
+    }
+    t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let a = args();
+    let crypto_us = crypto_only_us();
+    println!("crypto only, per retrieve (client+server JWE both ways + unseal): {crypto_us:.2} µs");
+
+    let state = tempfile::tempdir()?;
+    let server = DevServer::start(Some(state.path()), &[])?;
+    let info = server.info.clone();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+
+    // Handshakes/s (RSA-OAEP decrypt + PS256 sign in SoftHSM2, channel stored durably).
+    let user = Uuid::new_v4();
+    let hs_total = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (http, info, hs_total, stop) = (
+            http.clone(),
+            info.clone(),
+            Arc::clone(&hs_total),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                Session::connect(&http, &info, user, &format!("hs-{i}")).await?;
+                hs_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.seconds.min(10))).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let hs = hs_total.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+    println!("ECDHE handshakes/s (8 concurrent clients, incl. token mint): {hs:.0}");
+
+    // Sessions for the retrieve load.
+    let mut sessions = Vec::new();
+    for i in 0..a.concurrency {
+        sessions.push(Arc::new(
+            Session::connect(&http, &info, user, &format!("c-{i}")).await?,
+        ));
+    }
+    let created = sessions[0]
+        .call("create", "/keys", json!({"count": 1}))
+        .await?;
+    let key_uri = created["keys"][0]["uri"]
+        .as_str()
+        .context("key uri")?
+        .to_owned();
+    let res = sessions[0]
+        .call("create", "/resources", json!({"keyUris": [key_uri]}))
+        .await?;
+    anyhow::ensure!(res["status"] == 201, "resource: {res}");
+
+    let (rps, lat) = retrieve_load(&sessions, &key_uri, a.seconds, None).await?;
+    println!(
+        "retrieves/s at full load ({} clients): {rps:.0}  p50 {:.2} ms  p99 {:.2} ms",
+        a.concurrency,
+        pct(&lat, 0.50),
+        pct(&lat, 0.99)
+    );
+    let (rps_half, lat_half) =
+        retrieve_load(&sessions, &key_uri, a.seconds, Some(rps / 2.0)).await?;
+    println!(
+        "retrieves/s at half that rate: {rps_half:.0}  p50 {:.2} ms  p99 {:.2} ms",
+        pct(&lat_half, 0.50),
+        pct(&lat_half, 0.99)
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let mean_us = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0;
+    println!(
+        "overhead: mean latency at full load {mean_us:.0} µs vs crypto {crypto_us:.1} µs; server CPU per retrieve ≈ 2 cores / {rps:.0} = {:.0} µs -> ratio {:.1}x",
+        2e6 / rps,
+        2e6 / rps / crypto_us
+    );
+
+    // Durable key creations/s: count=1 per request, every client concurrently (group commit).
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for s in &sessions {
+        let (s, stop, made) = (Arc::clone(s), Arc::clone(&stop), Arc::clone(&made));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = s.call("create", "/keys", json!({"count": 1})).await?;
+                anyhow::ensure!(r["status"] == 201, "create failed: {r}");
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let kps = made.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "durable key creations/s (count=1 per request, {} clients): {kps:.0}",
+        a.concurrency
+    );
+
+    // Fill to N keys (count=100 per request) and read the server's RSS.
+    let have = made.load(Ordering::Relaxed) + 1;
+    let need = a.keys.saturating_sub(have) / 100;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let t0 = Instant::now();
+    for s in &sessions {
+        let (s, next) = (Arc::clone(s), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < need {
+                let r = s.call("create", "/keys", json!({"count": 100})).await?;
+                anyhow::ensure!(r["status"] == 201, "bulk create failed: {r}");
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let bulk = (need * 100) as f64 / t0.elapsed().as_secs_f64();
+    let (rps_full, _) = retrieve_load(&sessions, &key_uri, 3, None).await?;
+    let rss = rss_kib(server.pid());
+    let db = std::fs::metadata(info.state_dir.join("kms.redb")).map_or(0, |m| m.len());
+    println!(
+        "stored keys: {}  (bulk creation {bulk:.0} keys/s)  server RSS {:.1} MiB  kms.redb {:.0} MiB  retrieves/s then {rps_full:.0}",
+        have + need * 100,
+        f64::from(u32::try_from(rss).unwrap_or(u32::MAX)) / 1024.0,
+        f64::from(u32::try_from(db / (1024 * 1024)).unwrap_or(u32::MAX)),
+    );
+    let _ = post_messages; // (re-exported helper used by other tools)
+    server.stop()?;
+    Ok(())
+}
