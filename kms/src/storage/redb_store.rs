@@ -36,7 +36,19 @@ struct Job {
 
 pub struct RedbStore {
     db: Arc<Database>,
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    /// Stops the committer after it has answered every queued write, so that the database
+    /// file is closed when `drop` returns (a restart in the same process can reopen it).
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
@@ -68,11 +80,15 @@ impl RedbStore {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>();
         let committer_db = Arc::clone(&db);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("redb-committer".into())
             .spawn(move || committer(&committer_db, &rx))
             .map_err(backend)?;
-        Ok(Self { db, jobs: tx })
+        Ok(Self {
+            db,
+            jobs: Some(tx),
+            committer: Some(handle),
+        })
     }
 }
 
@@ -289,9 +305,13 @@ impl RedbStore {
 impl Store for RedbStore {
     fn apply(&self, batch: Vec<Write>) -> WriteFuture<'_> {
         let (reply, rx) = oneshot::channel();
-        let sent = self.jobs.send(Job { batch, reply });
+        let sent = self
+            .jobs
+            .as_ref()
+            .ok_or(StorageError::Stopped)
+            .and_then(|j| j.send(Job { batch, reply }).map_err(|_| StorageError::Stopped));
         Box::pin(async move {
-            sent.map_err(|_| StorageError::Stopped)?;
+            sent?;
             rx.await.map_err(|_| StorageError::Stopped)?
         })
     }

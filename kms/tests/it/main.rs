@@ -1,0 +1,6 @@
+//! strongroom-kms integration tests (one binary, STYLE.md).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fixture;
+mod jose_vectors;
+mod service;
