@@ -49,9 +49,21 @@ fn init_logging() {
         .init();
 }
 
+/// Keeps key material out of core dumps and away from ptrace by other processes of the
+/// same user: `RLIMIT_CORE` = 0 and `PR_SET_DUMPABLE` = 0 (architecture.md key hierarchy).
+fn harden_process() {
+    if let Err(e) = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0) {
+        tracing::warn!(error = %e, "could not disable core dumps");
+    }
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "could not mark the process non-dumpable");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
+    harden_process();
     let result = match cli.command {
         Command::Dev(args) => dev::run(&args),
         Command::Init(args) => serve::init(&args),

@@ -22,14 +22,30 @@ pub enum KekError {
     Unseal,
 }
 
-/// The KEK. No `Debug`, `Clone` or `Serialize`; wiped on drop.
+/// The KEK. No `Debug`, `Clone` or `Serialize`; wiped on drop; its page is locked in RAM
+/// (`mlock`) so it never reaches swap. Field order matters: the key is wiped before the
+/// page is unlocked.
 pub struct Kek {
     key: Box<SecretKey32>,
+    lock: Option<region::LockGuard>,
 }
 
 impl Kek {
     pub fn from_key(key: SecretKey32) -> Self {
-        Self { key: Box::new(key) }
+        let key = Box::new(key);
+        let lock = match region::lock(key.expose().as_ptr(), 32) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not lock the KEK in memory (raise RLIMIT_MEMLOCK / LimitMEMLOCK); it may be swapped");
+                None
+            }
+        };
+        Self { key, lock }
+    }
+
+    /// Whether the KEK's memory is locked (reported by status and health).
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Loads the wrapped KEK from the store and unwraps it in the HSM, or on first start
@@ -84,6 +100,12 @@ impl Kek {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kek_memory_is_locked() {
+        // 32 bytes fit in any default RLIMIT_MEMLOCK (64 KiB or more).
+        assert!(Kek::from_key(SecretKey32::generate()).is_locked());
+    }
 
     #[test]
     fn seal_binds_the_uri() {

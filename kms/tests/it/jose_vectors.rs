@@ -473,6 +473,21 @@ fn ps256_round_trip_and_independent_verifier() {
         verify_rsa(&edit_header(&a, "PS256", "RS256"), &public).err(),
         Some(JoseError::BadSignature)
     );
+
+    // The header's alg picks the verifier: a valid signature of the other RSA scheme, made
+    // over that very header, is refused.
+    let pss_as_rs256 =
+        jws::sign(JwsAlg::RS256, &v.key.kid, payload, |i| ps256_sign(&key, i)).unwrap();
+    assert_eq!(
+        verify_rsa(&pss_as_rs256, &public).err(),
+        Some(JoseError::BadSignature)
+    );
+    let pkcs1_as_ps256 =
+        jws::sign(JwsAlg::PS256, &v.key.kid, payload, |i| rs256_sign(&key, i)).unwrap();
+    assert_eq!(
+        verify_rsa(&pkcs1_as_ps256, &public).err(),
+        Some(JoseError::BadSignature)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,6 +549,17 @@ fn es256_sign_round_trip_is_raw_r_s_not_der() {
     let der_jws = format!("{signing_input}.{}", b64e(der.as_bytes()));
     assert_eq!(
         verify_es256(&der_jws, &vk).err(),
+        Some(JoseError::BadSignature)
+    );
+
+    // A valid ECDSA signature under a header that claims another algorithm is refused.
+    let mislabelled = jws::sign(JwsAlg::RS256, "es", payload, |input| {
+        let sig: p256::ecdsa::Signature = sk.try_sign(input)?;
+        Ok::<_, p256::ecdsa::Error>(sig.to_bytes().to_vec())
+    })
+    .unwrap();
+    assert_eq!(
+        verify_es256(&mislabelled, &vk).err(),
         Some(JoseError::BadSignature)
     );
 }
