@@ -61,6 +61,12 @@ struct RawHsm {
     softhsm2_conf: Option<PathBuf>,
     #[serde(default)]
     wrap_mechanism: Option<String>,
+    #[serde(default = "default_rsa_bits")]
+    rsa_bits: u32,
+}
+
+fn default_rsa_bits() -> u32 {
+    strongroom_hsm::HsmConfig::DEFAULT_RSA_BITS
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +99,7 @@ pub struct Config {
     pub so_pin_file: Option<PathBuf>,
     pub softhsm2_conf: Option<PathBuf>,
     pub wrap_mechanism: strongroom_hsm::WrapMechanism,
+    pub rsa_bits: u32,
     pub issuers: Vec<(String, PathBuf)>,
 }
 
@@ -127,6 +134,9 @@ impl TryFrom<RawConfig> for Config {
         if raw.kms.channel_ttl_seconds < 60 || raw.kms.channel_ttl_seconds > 7 * 24 * 3600 {
             bail!("kms.channel_ttl_seconds must be between 60 and 604800");
         }
+        if ![2048, 3072, 4096].contains(&raw.hsm.rsa_bits) {
+            bail!("hsm.rsa_bits must be 2048, 3072 or 4096");
+        }
         if raw.auth.issuers.is_empty() {
             bail!("auth.issuers must name at least one token issuer");
         }
@@ -160,6 +170,7 @@ impl TryFrom<RawConfig> for Config {
             so_pin_file: raw.hsm.so_pin_file,
             softhsm2_conf: raw.hsm.softhsm2_conf,
             wrap_mechanism,
+            rsa_bits: raw.hsm.rsa_bits,
             issuers: raw
                 .auth
                 .issuers
@@ -237,6 +248,8 @@ pin_file = "/etc/strongroom/hsm-pin"
 so_pin_file = "/etc/strongroom/hsm-so-pin"
 # softhsm2_conf = "/etc/strongroom/softhsm2.conf"
 wrap_mechanism = "aes-key-wrap"
+# Size of the static RSA key `init` generates (2048, 3072 or 4096).
+rsa_bits = 3072
 
 [[auth.issuers]]
 issuer = "https://idp.example.com"

@@ -44,6 +44,9 @@ pub struct DevArgs {
     /// PKCS#11 module (default: the distribution's SoftHSM2).
     #[arg(long)]
     pub module: Option<PathBuf>,
+    /// Size of the static RSA key generated on first start (2048, 3072 or 4096 bits).
+    #[arg(long, default_value_t = strongroom_hsm::HsmConfig::DEFAULT_RSA_BITS)]
+    pub rsa_bits: u32,
     /// Lifetime of ECDHE channel keys, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub channel_ttl_seconds: u32,
@@ -114,6 +117,8 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
             .arg(&state)
             .arg("--domain")
             .arg(&args.domain)
+            .arg("--rsa-bits")
+            .arg(args.rsa_bits.to_string())
             .arg("--channel-ttl-seconds")
             .arg(args.channel_ttl_seconds.to_string())
             .env("SOFTHSM2_CONF", &conf);
@@ -154,6 +159,7 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         .context("initialising the dev SoftHSM2 token")?;
     let mut hcfg = HsmConfig::new(DEV_TOKEN_LABEL, pin);
     hcfg.module = module;
+    hcfg.rsa_bits = args.rsa_bits;
     let hsm = Hsm::open(&hcfg).context("opening the dev token")?;
     hsm.ensure_keys()
         .context("creating the dev keys in the HSM")?;

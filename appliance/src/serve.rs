@@ -43,6 +43,7 @@ pub fn hsm_config(cfg: &Config) -> anyhow::Result<HsmConfig> {
     let mut h = HsmConfig::new(cfg.token_label.clone(), pin);
     h.module.clone_from(&cfg.hsm_module);
     h.wrap_mechanism = cfg.wrap_mechanism;
+    h.rsa_bits = cfg.rsa_bits;
     Ok(h)
 }
 

@@ -37,11 +37,16 @@ pub struct HsmConfig {
     /// How many idle sessions are kept for reuse (besides the anchor session).
     /// More may be open while many threads work at once; 0 keeps none.
     pub pool_size: usize,
+    /// Modulus size of the static RSA key when `ensure_keys` has to generate it: 2048,
+    /// 3072 (default) or 4096. An existing key is used whatever its size.
+    pub rsa_bits: u32,
 }
 
 impl HsmConfig {
     /// Default pool size: enough for the request workers of one appliance.
     pub const DEFAULT_POOL_SIZE: usize = 4;
+    /// Default static RSA modulus (NIST's 128-bit security level).
+    pub const DEFAULT_RSA_BITS: u32 = 3072;
 
     /// A configuration with `SoftHSM2` as module and default labels, mechanism and pool size.
     pub fn new(token_label: impl Into<String>, pin: SecretString) -> Self {
@@ -52,6 +57,7 @@ impl HsmConfig {
             labels: KeyLabels::default(),
             wrap_mechanism: WrapMechanism::default(),
             pool_size: Self::DEFAULT_POOL_SIZE,
+            rsa_bits: Self::DEFAULT_RSA_BITS,
         }
     }
 

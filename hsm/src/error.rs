@@ -62,6 +62,9 @@ pub enum Error {
     /// A key had an unexpected length.
     #[error("expected a {expected}-byte key, got {actual} bytes")]
     BadKeyLength { expected: usize, actual: usize },
+    /// The configured static RSA modulus size is not 2048, 3072 or 4096 bits.
+    #[error("unsupported RSA modulus size {bits} (use 2048, 3072 or 4096)")]
+    UnsupportedRsaBits { bits: u32 },
     /// The token answered with something we cannot interpret.
     #[error("unexpected {what} from the token")]
     UnexpectedResponse { what: &'static str },

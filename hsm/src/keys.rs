@@ -10,7 +10,6 @@ use crate::error::{Error, pkcs11};
 
 /// AES-256.
 const ROOT_KEY_BYTES: u64 = 32;
-const RSA_BITS: u64 = 3072;
 const RSA_PUBLIC_EXPONENT: [u8; 3] = [0x01, 0x00, 0x01];
 /// DER of OID 1.2.840.10045.3.1.7 (prime256v1 / secp256r1), as `CKA_EC_PARAMS` wants it.
 const P256_EC_PARAMS: [u8; 10] = [0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
@@ -138,6 +137,7 @@ pub(crate) fn find(
 pub(crate) fn ensure(
     session: &Session,
     labels: &KeyLabels,
+    rsa_bits: u32,
     handles: &mut Handles,
 ) -> Result<(), Error> {
     let root = match find(session, Key::Root, labels)? {
@@ -162,7 +162,7 @@ pub(crate) fn ensure(
                 check_protected(session, sk, label, false)?;
                 (sk, pk)
             }
-            (None, None) => generate_pair(session, private, label)?,
+            (None, None) => generate_pair(session, private, label, rsa_bits)?,
             (Some(_), None) | (None, Some(_)) => {
                 let missing = if found.0.is_none() { private } else { public };
                 return Err(Error::IncompleteKeyPair {
@@ -204,6 +204,7 @@ fn generate_pair(
     session: &Session,
     private: Key,
     label: &str,
+    rsa_bits: u32,
 ) -> Result<(ObjectHandle, ObjectHandle), Error> {
     let common = |class| {
         vec![
@@ -225,7 +226,7 @@ fn generate_pair(
     let mechanism = if private == Key::RsaPrivate {
         public.extend([
             Attribute::KeyType(KeyType::RSA),
-            Attribute::ModulusBits(RSA_BITS.into()),
+            Attribute::ModulusBits(u64::from(rsa_bits).into()),
             Attribute::PublicExponent(RSA_PUBLIC_EXPONENT.to_vec()),
             Attribute::Encrypt(true),
         ]);

@@ -118,6 +118,11 @@ impl Hsm {
     /// session and log in. Keys are looked up on first use.
     pub fn open(config: &HsmConfig) -> Result<Hsm, Error> {
         config::check_token_label(&config.token_label)?;
+        if ![2048, 3072, 4096].contains(&config.rsa_bits) {
+            return Err(Error::UnsupportedRsaBits {
+                bits: config.rsa_bits,
+            });
+        }
         // Reject a mechanism we cannot even name before touching the token.
         let mechanism = config.wrap_mechanism.mechanism()?.mechanism_type();
         let module = module::load(&config.module)?;
@@ -147,7 +152,7 @@ impl Hsm {
     /// [`Error::DuplicateKey`]. Run it from `strongroom init` / start-up only.
     pub fn ensure_keys(&self) -> Result<(), Error> {
         self.inner
-            .run_exclusive(|session, handles| keys::ensure(session, &self.inner.labels, handles))
+            .run_exclusive(|session, handles| keys::ensure(session, &self.inner.labels, self.inner.rsa_bits, handles))
     }
 
     /// Close every session this `Hsm` holds (waiting for operations in flight), which

@@ -30,6 +30,7 @@ pub(crate) struct Inner {
     pub(crate) token_label: String,
     pin: SecretString,
     pub(crate) labels: KeyLabels,
+    pub(crate) rsa_bits: u32,
     pub(crate) wrap: WrapMechanism,
     pool_size: usize,
     state: RwLock<State>,
@@ -70,6 +71,7 @@ impl Inner {
             token_label: config.token_label.clone(),
             pin: config.pin.clone(),
             labels: config.labels.clone(),
+            rsa_bits: config.rsa_bits,
             wrap: config.wrap_mechanism,
             pool_size: config.pool_size,
             state: RwLock::new(State {

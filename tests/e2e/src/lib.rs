@@ -14,6 +14,21 @@ use strongroom_kms::client::KmsClient;
 use strongroom_kms::jose::jwk::RsaPublicJwk;
 use uuid::Uuid;
 
+/// Installs rustls' `ring` provider as the process default (reqwest is built without a
+/// provider of its own, see docs/adr/0004-tls-and-pem.md). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client for loopback tests and tools.
+pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap_or_default()
+}
+
 /// The JSON line `strongroom dev` prints.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DevInfo {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 async fn bad_requests_get_clear_4xx_and_change_nothing() {
     let server = DevServer::start(None, &[]).unwrap();
     let info = server.info.clone();
-    let http = reqwest::Client::new();
+    let http = strongroom_e2e::http_client();
     let url = format!("{}/kms/messages", info.kms_url);
     let user = Uuid::new_v4();
     let s = Session::connect(&http, &info, user, "dev").await.unwrap();

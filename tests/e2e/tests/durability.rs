@@ -10,7 +10,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_keys_survive_kill_9() {
     let state = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
+    let http = strongroom_e2e::http_client();
     let user = Uuid::new_v4();
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
 

@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         "  static  key {} (RSA in SoftHSM2, x5c self-signed)",
         info.static_jwk.kid
     );
-    let http = reqwest::Client::new();
+    let http = strongroom_e2e::http_client();
     let (alice_id, bob_id, eve_id) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let alice = Session::connect(&http, &info, alice_id, "alice-laptop").await?;
     let bob = Session::connect(&http, &info, bob_id, "bob-phone").await?;
