@@ -62,15 +62,15 @@
 //! # }
 //! ```
 
-#[cfg(feature = "testing")]
-#[allow(clippy::expect_used, clippy::panic, clippy::missing_panics_doc)]
-pub mod testing;
 mod config;
 mod error;
 mod keys;
 mod module;
 mod ops;
 mod pool;
+#[cfg(feature = "testing")]
+#[allow(clippy::expect_used, clippy::panic, clippy::missing_panics_doc)]
+pub mod testing;
 
 use std::fmt;
 use std::path::Path;
@@ -151,8 +151,9 @@ impl Hsm {
     /// at the same moment can still produce duplicates, which later lookups report as
     /// [`Error::DuplicateKey`]. Run it from `strongroom init` / start-up only.
     pub fn ensure_keys(&self) -> Result<(), Error> {
-        self.inner
-            .run_exclusive(|session, handles| keys::ensure(session, &self.inner.labels, self.inner.rsa_bits, handles))
+        self.inner.run_exclusive(|session, handles| {
+            keys::ensure(session, &self.inner.labels, self.inner.rsa_bits, handles)
+        })
     }
 
     /// Close every session this `Hsm` holds (waiting for operations in flight), which

@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use secrecy::SecretString;
 use crate::{Hsm, HsmConfig};
+use secrecy::SecretString;
 
 pub const SO_PIN: &str = "so-pin-0000";
 /// Distinctive, so a leak into `Debug` or an error message is easy to spot.
@@ -152,5 +152,7 @@ fn unique_suffix() -> u32 {
         .unwrap_or_default()
         .subsec_nanos();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    nanos.rotate_left(7) ^ std::process::id().wrapping_mul(0x9E37_79B9) ^ n.wrapping_mul(0x85EB_CA6B)
+    nanos.rotate_left(7)
+        ^ std::process::id().wrapping_mul(0x9E37_79B9)
+        ^ n.wrapping_mul(0x85EB_CA6B)
 }

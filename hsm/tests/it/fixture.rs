@@ -6,7 +6,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::slot::Slot;
 use strongroom_hsm::{Hsm, HsmConfig};
 
-pub use strongroom_hsm::testing::{SO_PIN, USER_PIN, hsm_with_keys, softhsm_conf, token};
+pub use strongroom_hsm::testing::{SO_PIN, USER_PIN, hsm_with_keys, token};
 
 /// Plain cryptoki on the same module, to poke the token behind the `Hsm`'s back.
 /// In-process, so it shares `SoftHSM2`'s state (and login) with the `Hsm`.

@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn ec_jwk_ignores_d_and_rejects_off_curve() {
-        let sk = p256::SecretKey::random(&mut rand::rng());
+        let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(
+            &mut rand::rng(),
+        );
         let mut v = serde_json::to_value(EcPublicJwk::from_public_key(&sk.public_key())).unwrap();
         v["d"] = serde_json::Value::String("bogus".into());
         let parsed: EcPublicJwk = serde_json::from_value(v).unwrap();

@@ -309,7 +309,10 @@ impl Store for RedbStore {
             .jobs
             .as_ref()
             .ok_or(StorageError::Stopped)
-            .and_then(|j| j.send(Job { batch, reply }).map_err(|_| StorageError::Stopped));
+            .and_then(|j| {
+                j.send(Job { batch, reply })
+                    .map_err(|_| StorageError::Stopped)
+            });
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| StorageError::Stopped)?

@@ -1,6 +1,8 @@
 //! Bad input at the HTTP layer gets a clear 4xx, the server stays up, and nothing changes
 //! (issue: Bad input). Each case is sent to a real `strongroom dev`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use serde_json::{Value, json};
 use strongroom_e2e::{DevServer, Session};
 use uuid::Uuid;

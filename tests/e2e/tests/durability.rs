@@ -1,6 +1,8 @@
 //! `kill -9` during a stream of key creations: after a restart on the same state directory
 //! every key the KMS acknowledged is retrievable and byte-identical (issue: Durability).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;

@@ -1,6 +1,8 @@
 //! The packaged path: `strongroom init`, `config check` and `serve` over HTTPS (rustls) on a
 //! real SoftHSM2 token, driven with the project's client and a token from a test issuer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};

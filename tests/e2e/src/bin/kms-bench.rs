@@ -212,7 +212,9 @@ async fn main() -> anyhow::Result<()> {
     }
     #[allow(clippy::cast_precision_loss)]
     let hs = hs_total.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
-    println!("ECDHE handshakes/s (8 concurrent clients; RSA-OAEP decrypt + PS256 sign in SoftHSM2, channel stored durably): {hs:.0}");
+    println!(
+        "ECDHE handshakes/s (8 concurrent clients; RSA-OAEP decrypt + PS256 sign in SoftHSM2, channel stored durably): {hs:.0}"
+    );
 
     // Sessions for the retrieve load.
     let mut sessions = Vec::new();
