@@ -9,6 +9,8 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/strongroom/strongroom.toml";
+/// Where the HSM user PIN comes from when `hsm.pin_file` is not set (never argv).
+pub const PIN_ENV: &str = "STRONGROOM_HSM_PIN";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +56,8 @@ struct RawHsm {
     #[serde(default)]
     module: Option<PathBuf>,
     token_label: String,
-    pin_file: PathBuf,
+    #[serde(default)]
+    pin_file: Option<PathBuf>,
     #[serde(default)]
     so_pin_file: Option<PathBuf>,
     #[serde(default)]
@@ -95,7 +98,8 @@ pub struct Config {
     pub tls_private_key: PathBuf,
     pub hsm_module: PathBuf,
     pub token_label: String,
-    pub pin_file: PathBuf,
+    /// `None`: the PIN comes from the environment variable [`PIN_ENV`].
+    pub pin_file: Option<PathBuf>,
     pub so_pin_file: Option<PathBuf>,
     pub softhsm2_conf: Option<PathBuf>,
     pub wrap_mechanism: strongroom_hsm::WrapMechanism,
@@ -195,7 +199,7 @@ impl Config {
 
     /// Checks what can be checked without the HSM: secret file permissions, readable files.
     pub fn check_files(&self) -> anyhow::Result<()> {
-        crate::files::read_secret_file(&self.pin_file).context("hsm.pin_file")?;
+        self.hsm_pin()?;
         if let Some(so) = &self.so_pin_file {
             crate::files::read_secret_file(so).context("hsm.so_pin_file")?;
         }
@@ -209,6 +213,17 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("auth.issuers {iss}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The HSM user PIN: from `hsm.pin_file` (mode 0600 or stricter) or from the
+    /// environment variable `STRONGROOM_HSM_PIN` (e.g. systemd `LoadCredential`/`Environment`).
+    pub fn hsm_pin(&self) -> anyhow::Result<secrecy::SecretString> {
+        match &self.pin_file {
+            Some(p) => crate::files::read_secret_string(p).context("hsm.pin_file"),
+            None => std::env::var(PIN_ENV)
+                .map(secrecy::SecretString::from)
+                .map_err(|_| anyhow::anyhow!("hsm.pin_file is not set and {PIN_ENV} is not in the environment")),
+        }
     }
 
     /// A configuration for tests.
@@ -243,6 +258,8 @@ private_key = "/etc/strongroom/tls/key.pem"
 # Any PKCS#11 module; SoftHSM2 is the default.
 # module = "/usr/lib/softhsm/libsofthsm2.so"
 token_label = "strongroom"
+# The user PIN: a file readable only by strongroom, or (without pin_file) the
+# environment variable STRONGROOM_HSM_PIN. Never on the command line.
 pin_file = "/etc/strongroom/hsm-pin"
 # Only `strongroom init` reads the SO PIN, to create a SoftHSM2 token that does not exist yet.
 so_pin_file = "/etc/strongroom/hsm-so-pin"

@@ -39,7 +39,7 @@ pub fn ensure_softhsm_env(conf: Option<&Path>) -> anyhow::Result<()> {
 }
 
 pub fn hsm_config(cfg: &Config) -> anyhow::Result<HsmConfig> {
-    let pin = files::read_secret_string(&cfg.pin_file).context("hsm.pin_file")?;
+    let pin = cfg.hsm_pin()?;
     let mut h = HsmConfig::new(cfg.token_label.clone(), pin);
     h.module.clone_from(&cfg.hsm_module);
     h.wrap_mechanism = cfg.wrap_mechanism;
