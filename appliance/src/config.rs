@@ -20,6 +20,16 @@ struct RawConfig {
     tls: RawTls,
     hsm: RawHsm,
     auth: RawAuth,
+    #[serde(default)]
+    core: Option<RawCore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCore {
+    url: String,
+    realm_token_file: PathBuf,
+    pinned_roots: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +115,16 @@ pub struct Config {
     pub wrap_mechanism: strongroom_hsm::WrapMechanism,
     pub rsa_bits: u32,
     pub issuers: Vec<(String, PathBuf)>,
+    /// The hosted core to dial out to (R3); `None` serves only the local HTTPS listener.
+    pub core: Option<CoreConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub url: tokio_tungstenite::tungstenite::http::Uri,
+    pub realm_token_file: PathBuf,
+    /// PEM file of the pinned root CAs (each with pathLenConstraint 0, R21).
+    pub pinned_roots: PathBuf,
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -152,6 +172,23 @@ impl TryFrom<RawConfig> for Config {
                 "hsm.wrap_mechanism {other:?} is not one of aes-key-wrap, aes-key-wrap-pad-softhsm, aes-key-wrap-kwp"
             ),
         };
+        let core = match raw.core {
+            None => None,
+            Some(c) => {
+                let url: tokio_tungstenite::tungstenite::http::Uri = c
+                    .url
+                    .parse()
+                    .with_context(|| format!("core.url {:?}", c.url))?;
+                if url.scheme_str() != Some("wss") {
+                    bail!("core.url must be a wss:// URL");
+                }
+                Some(CoreConfig {
+                    url,
+                    realm_token_file: c.realm_token_file,
+                    pinned_roots: c.pinned_roots,
+                })
+            }
+        };
         let static_certificate = raw
             .kms
             .static_certificate
@@ -175,6 +212,7 @@ impl TryFrom<RawConfig> for Config {
             softhsm2_conf: raw.hsm.softhsm2_conf,
             wrap_mechanism,
             rsa_bits: raw.hsm.rsa_bits,
+            core,
             issuers: raw
                 .auth
                 .issuers
@@ -206,6 +244,11 @@ impl Config {
         if !self.hsm_module.exists() {
             bail!("hsm.module {} does not exist", self.hsm_module.display());
         }
+        if let Some(core) = &self.core {
+            crate::files::read_secret_file(&core.realm_token_file)
+                .context("core.realm_token_file")?;
+            crate::pinning::load_roots(&core.pinned_roots).context("core.pinned_roots")?;
+        }
         for (iss, path) in &self.issuers {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("auth.issuers {iss}: reading {}", path.display()))?;
@@ -222,7 +265,11 @@ impl Config {
             Some(p) => crate::files::read_secret_string(p).context("hsm.pin_file"),
             None => std::env::var(PIN_ENV)
                 .map(secrecy::SecretString::from)
-                .map_err(|_| anyhow::anyhow!("hsm.pin_file is not set and {PIN_ENV} is not in the environment")),
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "hsm.pin_file is not set and {PIN_ENV} is not in the environment"
+                    )
+                }),
         }
     }
 
@@ -271,6 +318,14 @@ rsa_bits = 3072
 [[auth.issuers]]
 issuer = "https://idp.example.com"
 jwks_file = "/etc/strongroom/idp-jwks.json"
+
+# The hosted core this realm dials out to (no inbound port is needed). Only the roots in
+# pinned_roots are trusted, each must have pathLenConstraint 0, and chains with an
+# intermediate are refused (R21).
+# [core]
+# url = "wss://core.example.net/realm/v1/connect"
+# realm_token_file = "/etc/strongroom/core-realm-token"
+# pinned_roots = "/etc/strongroom/core-roots.pem"
 "#;
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 mod certs;
 mod config;
 mod dev;
+mod dialout;
 mod files;
 mod identity;
+mod pinning;
 mod serve;
 mod server;
 

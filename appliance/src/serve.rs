@@ -181,6 +181,25 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// `/healthz`: 200 when the state is readable and (if a core is configured) the dial-out
+/// connection is up; 503 otherwise. Never carries secrets.
+fn health_answer(kms: &Kms, core: Option<crate::dialout::CoreState>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let storage = strongroom_kms::http::storage_healthy(kms);
+    let ok = storage && core.is_none_or(|c| c == crate::dialout::CoreState::Connected);
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "storage": if storage { "ok" } else { "unreadable" },
+        "core": core,
+    });
+    let code = if ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
 /// `strongroom serve`.
 pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
     let cfg = Config::load(&args.config)?;
@@ -227,10 +246,27 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             channel_ttl_seconds: cfg.channel_ttl_seconds,
         })
         .await?;
+        let health = crate::dialout::Health::default();
+        if let Some(core) = &cfg.core {
+            let dial = crate::dialout::DialOut {
+                url: core.url.clone(),
+                realm_token: files::read_secret_string(&core.realm_token_file)?,
+                tls: Some(crate::pinning::client_config(crate::pinning::load_roots(&core.pinned_roots)?)?),
+                kms: Arc::clone(&kms),
+                health: health.clone(),
+            };
+            tokio::spawn(dial.run());
+        }
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         tracing::info!(listen = %listener.local_addr()?, domain = %cfg.domain, "strongroom is serving (HTTPS)");
-        server::serve_tls(listener, strongroom_kms::http::router(kms), tls).await
+        let with_core = cfg.core.is_some();
+        let health_route = axum::routing::get(move |axum::extract::State(kms): axum::extract::State<Arc<Kms>>| {
+            let health = health.clone();
+            async move { health_answer(&kms, with_core.then(|| health.get())) }
+        });
+        let app = strongroom_kms::http::routes(axum::Router::new().route("/healthz", health_route), kms);
+        server::serve_tls(listener, app, tls).await
     })
 }

@@ -53,12 +53,15 @@ struct Discovery {
     rsa_public_key: String,
 }
 
-/// The KMS routes. The appliance merges its own (dev token minting, metrics) around them.
+/// The KMS routes with `/healthz`. The appliance merges its own (dev token minting) around them.
 pub fn router(kms: Arc<Kms>) -> Router {
-    Router::new()
-        .route("/kms/messages", post(messages))
+    routes(Router::new().route("/healthz", get(healthz)), kms)
+}
+
+/// The KMS routes added to `base` (whose `/healthz`, if any, the caller provides).
+pub fn routes(base: Router<Arc<Kms>>, kms: Arc<Kms>) -> Router {
+    base.route("/kms/messages", post(messages))
         .route("/kms/{user_id}", get(discovery))
-        .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -102,6 +105,17 @@ async fn discovery(
         rsa_public_key: jwk,
     })
     .into_response())
+}
+
+/// Whether the KMS's state is readable (part of every health answer).
+pub fn storage_healthy(kms: &Kms) -> bool {
+    match kms.store().key_count() {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "health check: storage unreadable");
+            false
+        }
+    }
 }
 
 async fn healthz(State(kms): State<Arc<Kms>>) -> Response {
