@@ -1,0 +1,316 @@
+//! The durable, fail-closed writer.
+//!
+//! [`AuditLog::append`] hands events to one committer thread and blocks until they are
+//! on stable storage. The committer drains everything queued (group commit), stamps
+//! sequence numbers and time, writes the lines with one `write` and one `fdatasync`,
+//! and only then answers every caller. If the write or the sync fails, every caller in
+//! the group gets [`Error::Io`], no sequence number is used, the log reports unhealthy
+//! ([`AuditLog::health`]), and before the next write the segment is cut back to its last
+//! durable length; the first write that succeeds makes it healthy again. The committer
+//! also retries by itself once a second, so health recovers without traffic.
+//!
+//! Checkpoints are signed every `checkpoint_every` records or `checkpoint_interval`,
+//! at rotation (sealing the old segment), at open (covering records recovered after a
+//! crash) and at close; each is written to the log, kept as [`AuditLog::latest_checkpoint`]
+//! and passed to [`LogConfig::on_checkpoint`] for export (journal). A signing failure
+//! leaves records durable but unsigned; it is reported in [`Health`] and retried.
+
+mod committer;
+pub(crate) mod files;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use crate::checkpoint::{CheckpointSigner, LogKey, SignedCheckpoint};
+use crate::error::{Error, Result};
+use crate::record::Event;
+
+#[cfg(feature = "testing")]
+pub use files::FailSwitch;
+
+/// Wall-clock time in milliseconds since the Unix epoch; injectable for tests.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Called with every checkpoint written (export it off the box: journal, SIEM, witness).
+pub type CheckpointSink = Arc<dyn Fn(&SignedCheckpoint) + Send + Sync>;
+
+/// Writer configuration. [`LogConfig::new`] gives the defaults.
+#[non_exhaustive]
+pub struct LogConfig {
+    /// The log directory (created if missing); one writer at a time (lock file).
+    pub dir: PathBuf,
+    /// Checkpoint origin and note key name, e.g. `kms.example.com/audit`.
+    pub origin: String,
+    /// Sign a checkpoint after this many records (default 1000).
+    pub checkpoint_every: u64,
+    /// ... or when this much time passed with unsigned records (default 10 s).
+    pub checkpoint_interval: Duration,
+    /// Start a new segment once the current one is this large (default 64 MiB).
+    pub segment_max_bytes: u64,
+    /// Most append calls grouped into one write (default 4096).
+    pub max_group: usize,
+    pub clock: Arc<dyn Clock>,
+    pub on_checkpoint: Option<CheckpointSink>,
+    /// Test seam: make writes fail on demand.
+    #[cfg(feature = "testing")]
+    pub fail: Option<Arc<FailSwitch>>,
+}
+
+impl fmt::Debug for LogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogConfig")
+            .field("dir", &self.dir)
+            .field("origin", &self.origin)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("segment_max_bytes", &self.segment_max_bytes)
+            .field("max_group", &self.max_group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<PathBuf>, origin: &str) -> Self {
+        LogConfig {
+            dir: dir.into(),
+            origin: origin.to_owned(),
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(10),
+            segment_max_bytes: 64 << 20,
+            max_group: 4096,
+            clock: Arc::new(SystemClock),
+            on_checkpoint: None,
+            #[cfg(feature = "testing")]
+            fail: None,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |field, reason| Err(Error::Config { field, reason });
+        if self.checkpoint_every == 0 {
+            return bad("checkpoint_every", "must be at least 1");
+        }
+        if self.checkpoint_interval.is_zero() {
+            return bad("checkpoint_interval", "must be positive");
+        }
+        if self.segment_max_bytes < 4096 {
+            return bad("segment_max_bytes", "must be at least 4096");
+        }
+        if self.max_group == 0 {
+            return bad("max_group", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Where a record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Its sequence number (= Merkle leaf index).
+    pub seq: u64,
+    /// Its commit time (ms since the epoch).
+    pub time: i64,
+}
+
+/// What a health endpoint reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// False after a failed write, until a write succeeds again. While false the KMS
+    /// must refuse what needs a record (appends fail anyway).
+    pub writable: bool,
+    /// The failed operation and error kind of the last write failure, while unwritable.
+    pub last_error: Option<(&'static str, std::io::ErrorKind)>,
+    /// False while the last checkpoint attempt failed (HSM unavailable).
+    pub signing: bool,
+    /// Records durable so far.
+    pub size: u64,
+    /// Size of the last checkpoint written.
+    pub checkpointed: Option<u64>,
+}
+
+type Reply = Box<dyn FnOnce(Result<Vec<Receipt>>) + Send>;
+
+pub(crate) struct Job {
+    events: Vec<Event>,
+    reply: Reply,
+}
+
+pub(crate) struct Shared {
+    health: Mutex<Health>,
+    latest: Mutex<Option<SignedCheckpoint>>,
+}
+
+/// The append-only audit log of one node. `Send + Sync`; share it with an `Arc`.
+pub struct AuditLog {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<Option<SignedCheckpoint>>>>,
+    shared: Arc<Shared>,
+    key: LogKey,
+    _lock: std::fs::File,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_poisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these short locks cannot leave them inconsistent (plain
+    // value replacement), so a poisoned lock is used as is.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `config.dir`, recovers the tree from the last
+    /// segment (cutting a torn last line), writes a checkpoint covering any records a
+    /// crash left unsigned, and starts the committer.
+    pub fn open(config: LogConfig, signer: Arc<dyn CheckpointSigner>) -> Result<AuditLog> {
+        config.check()?;
+        let key = LogKey::new(&config.origin, signer.public_key())?;
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::io("create log directory", &config.dir, e))?;
+        let lock_path = config.dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open lock file", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(config.dir)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock log directory", &lock_path, e));
+            }
+        }
+        #[allow(unused_mut)]
+        let mut recovered = files::recover(&config.dir, &key)?;
+        #[cfg(feature = "testing")]
+        {
+            recovered.segment.fail.clone_from(&config.fail);
+        }
+        let shared = Arc::new(Shared {
+            health: Mutex::new(Health {
+                writable: true,
+                signing: true,
+                size: recovered.frontier.size(),
+                checkpointed: recovered.latest.as_ref().map(SignedCheckpoint::size),
+                last_error: None,
+            }),
+            latest: Mutex::new(recovered.latest.clone()),
+        });
+        let mut committer =
+            committer::Committer::new(config, key.clone(), signer, recovered, Arc::clone(&shared));
+        // Sign what a crash left unsigned (or the empty tree of a new log) before
+        // accepting appends: a failure here is reported, not fatal.
+        committer.checkpoint_if_unsigned();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("audit-committer".into())
+            .spawn(move || committer.run(&rx))
+            .map_err(|e| Error::io("spawn committer", "audit-committer", e))?;
+        Ok(AuditLog {
+            jobs: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(handle)),
+            shared,
+            key,
+            _lock: lock,
+        })
+    }
+
+    /// Appends one record; returns once it is durable. An error means it is not
+    /// recorded: refuse the request (fail closed).
+    pub fn append(&self, event: Event) -> Result<Receipt> {
+        let mut v = self.append_batch(vec![event])?;
+        v.pop().ok_or(Error::Closed)
+    }
+
+    /// Appends several records atomically with respect to other callers (consecutive
+    /// sequence numbers, one durable write); returns once they are durable.
+    pub fn append_batch(&self, events: Vec<Event>) -> Result<Vec<Receipt>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            events,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Non-blocking form for async callers: `reply` runs on the committer thread once
+    /// the records are durable (or failed). Keep it short (e.g. send on a oneshot).
+    pub fn submit(&self, events: Vec<Event>, reply: Box<dyn FnOnce(Result<Vec<Receipt>>) + Send>) {
+        if let Err(e) = events.iter().try_for_each(Event::check) {
+            reply(Err(e));
+            return;
+        }
+        let guard = lock_poisoned(&self.jobs);
+        match guard.as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(Job { events, reply }) {
+                    (job.reply)(Err(Error::Closed));
+                }
+            }
+            None => reply(Err(Error::Closed)),
+        }
+    }
+
+    /// Current health (for the KMS health endpoint and the refusal decision).
+    pub fn health(&self) -> Health {
+        lock_poisoned(&self.shared.health).clone()
+    }
+
+    /// The last checkpoint written.
+    pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        lock_poisoned(&self.shared.latest).clone()
+    }
+
+    /// This log's public key and origin (give it to auditors).
+    pub fn key(&self) -> &LogKey {
+        &self.key
+    }
+
+    /// Stops accepting appends, waits for queued ones, writes a final checkpoint and
+    /// returns it (`None` if it could not be signed or written).
+    pub fn close(self) -> Result<Option<SignedCheckpoint>> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<Option<SignedCheckpoint>> {
+        lock_poisoned(&self.jobs).take();
+        let handle = lock_poisoned(&self.committer).take();
+        match handle {
+            Some(h) => h.join().map_err(|_| Error::Closed),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    /// Same as [`AuditLog::close`], so the files are closed and signed when it returns.
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

@@ -1,0 +1,200 @@
+//! Writer: durability, group commit, checkpoints, rotation, recovery, HSM signing.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use strongroom_audit::{
+    AuditLog, Error, FaultKind, Filter, HsmSigner, LogKey, SignedCheckpoint, VerifyOptions, query,
+    verify_dir,
+};
+
+use crate::common::{ORIGIN, config, event, key, open, segments, signer, write_log};
+
+#[test]
+fn appends_survive_reopen_and_verify_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 25, |_| {});
+    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap();
+    assert_eq!(v.records, 25);
+    assert_eq!(v.unsigned_tail, 0);
+    assert_eq!(v.latest.as_ref().unwrap().size(), 25);
+    assert!(v.checkpoints >= 3, "every 10 records and at close: {v:?}");
+
+    let log = open(config(dir.path()));
+    assert_eq!(log.health().size, 25);
+    let r = log.append_batch(vec![event(25), event(26)]).unwrap();
+    assert_eq!((r[0].seq, r[1].seq), (25, 26));
+    log.close().unwrap();
+    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap();
+    assert_eq!(v.records, 27);
+}
+
+#[test]
+fn concurrent_appends_get_unique_consecutive_durable_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(open(config(dir.path())));
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                (0..300u64)
+                    .map(|i| {
+                        let e = event(t * 1000 + i);
+                        let req = e.request;
+                        (log.append(e).unwrap().seq, req)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let acks: Vec<_> = threads
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    Arc::try_unwrap(log).unwrap().close().unwrap();
+    let seqs: HashSet<u64> = acks.iter().map(|a| a.0).collect();
+    assert_eq!(seqs.len(), 2400);
+    assert_eq!(seqs.iter().max(), Some(&2399));
+    let mut on_disk = std::collections::HashMap::new();
+    query(
+        dir.path(),
+        &key(),
+        &VerifyOptions::default().strict(),
+        &Filter::default(),
+        &mut |r, _| {
+            on_disk.insert(r.seq, r.request);
+        },
+    )
+    .unwrap();
+    for (seq, req) in acks {
+        assert_eq!(
+            on_disk.get(&seq),
+            Some(&req),
+            "acknowledged record {seq} on disk"
+        );
+    }
+}
+
+#[test]
+fn rotation_seals_segments_and_keeps_the_tree_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 300, |c| {
+        c.segment_max_bytes = 8192;
+        c.checkpoint_every = 1000;
+    });
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 5, "{} segments", segs.len());
+    for s in &segs[..segs.len() - 1] {
+        let text = std::fs::read_to_string(s).unwrap();
+        assert!(
+            text.lines().last().unwrap().starts_with("{\"checkpoint\":"),
+            "{s:?} sealed"
+        );
+    }
+    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap();
+    assert_eq!((v.records, v.segments), (300, segs.len()));
+    // Reopen continues in the last segment and keeps rotating.
+    let mut c = config(dir.path());
+    c.segment_max_bytes = 8192;
+    let log = open(c);
+    assert_eq!(log.append(event(300)).unwrap().seq, 300);
+    log.close().unwrap();
+    assert_eq!(
+        verify_dir(dir.path(), &key(), &VerifyOptions::default().strict())
+            .unwrap()
+            .records,
+        301
+    );
+}
+
+#[test]
+fn a_torn_tail_is_reported_then_cut_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 12, |_| {});
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.extend_from_slice(b"{\"v\":1,\"seq\":12,\"time\":\"2026-0");
+    std::fs::write(&last, &bytes).unwrap();
+
+    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default()).unwrap();
+    assert_eq!((v.records, v.torn_tail_bytes), (12, 30));
+    let err = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap_err();
+    assert_eq!(err.fault().unwrap().kind, FaultKind::TornLine);
+
+    let log = open(config(dir.path()));
+    assert_eq!(log.append(event(12)).unwrap().seq, 12);
+    log.close().unwrap();
+    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap();
+    assert_eq!((v.records, v.torn_tail_bytes), (13, 0));
+}
+
+#[test]
+fn checkpoints_are_emitted_by_count_time_and_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Arc<Mutex<Vec<SignedCheckpoint>>> = Arc::default();
+    let mut c = config(dir.path());
+    c.checkpoint_every = 5;
+    c.checkpoint_interval = Duration::from_millis(200);
+    let sink = Arc::clone(&seen);
+    c.on_checkpoint = Some(Arc::new(move |cp| sink.lock().unwrap().push(cp.clone())));
+    let log = open(c);
+    for i in 0..5 {
+        log.append(event(i)).unwrap();
+    }
+    wait_for(
+        || log.latest_checkpoint().unwrap().size() == 5,
+        "checkpoint by count",
+    );
+    log.append(event(5)).unwrap();
+    wait_for(
+        || log.latest_checkpoint().unwrap().size() == 6,
+        "checkpoint by time",
+    );
+    log.append(event(6)).unwrap();
+    let last = log.close().unwrap().unwrap();
+    assert_eq!(last.size(), 7, "at close");
+    let seen = seen.lock().unwrap();
+    let sizes: Vec<u64> = seen.iter().map(SignedCheckpoint::size).collect();
+    assert_eq!(sizes.first(), Some(&0), "a new log signs its empty tree");
+    assert!(sizes.contains(&5) && sizes.ends_with(&[6, 7]), "{sizes:?}");
+    assert!(sizes.is_sorted());
+    for cp in seen.iter() {
+        SignedCheckpoint::verify(cp.note().as_bytes(), &key()).unwrap();
+    }
+}
+
+#[test]
+fn one_writer_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _log = open(config(dir.path()));
+    let err = AuditLog::open(config(dir.path()), signer()).unwrap_err();
+    assert!(matches!(err, Error::Locked(_)), "{err}");
+}
+
+#[test]
+fn checkpoints_signed_by_the_hsm_verify_with_its_public_key() {
+    let (hsm, _config) = strongroom_hsm::testing::hsm_with_keys("audit-ckpt");
+    let point = hsm.ec_public_key().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(config(dir.path()), Arc::new(HsmSigner::new(hsm).unwrap())).unwrap();
+    for i in 0..15 {
+        log.append(event(i)).unwrap();
+    }
+    let last = log.close().unwrap().unwrap();
+    let key = LogKey::new(ORIGIN, point).unwrap();
+    let v = verify_dir(dir.path(), &key, &VerifyOptions::default().strict()).unwrap();
+    assert_eq!((v.records, v.latest.unwrap()), (15, last));
+    // The software test key does not verify the HSM's checkpoints.
+    assert!(verify_dir(dir.path(), &crate::common::key(), &VerifyOptions::default()).is_err());
+}
+
+pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
