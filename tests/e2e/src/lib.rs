@@ -41,18 +41,27 @@ pub struct DevInfo {
 
 /// Finds the `strongroom` binary: `$STRONGROOM_BIN`, else next to (or above) this executable.
 pub fn strongroom_bin() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STRONGROOM_BIN") {
+    sibling_bin("strongroom", "STRONGROOM_BIN")
+}
+
+/// Finds the `core-sim` binary: `$CORE_SIM_BIN`, else next to (or above) this executable.
+pub fn core_sim_bin() -> anyhow::Result<PathBuf> {
+    sibling_bin("core-sim", "CORE_SIM_BIN")
+}
+
+fn sibling_bin(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
     for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("strongroom");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "strongroom binary not found next to {}; build it (cargo build -p strongroom) or set STRONGROOM_BIN",
+        "{name} binary not found next to {}; build the workspace (cargo build --workspace) or set {env}",
         exe.display()
     )
 }
