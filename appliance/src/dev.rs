@@ -181,6 +181,7 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
     let kms = crate::serve::start_kms(crate::serve::KmsParts {
         domain: &args.domain,
         hsm,
+        state_dir: state.to_path_buf(),
         store_path: state.join("kms.redb"),
         cache_bytes: 64 * 1024 * 1024,
         issuers: vec![issuer.issuer()?],

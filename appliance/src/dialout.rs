@@ -78,7 +78,7 @@ impl DialOut {
             match self.connect_and_serve(&mut backoff).await {
                 Ok(()) => tracing::info!("core closed the dial-out connection; reconnecting"),
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "dial-out connection failed; reconnecting")
+                    tracing::warn!(error = %format!("{e:#}"), "dial-out connection failed; reconnecting");
                 }
             }
             self.health.set(CoreState::Connecting);

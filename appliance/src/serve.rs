@@ -51,6 +51,7 @@ pub fn hsm_config(cfg: &Config) -> anyhow::Result<HsmConfig> {
 pub struct KmsParts<'a> {
     pub domain: &'a str,
     pub hsm: Hsm,
+    pub state_dir: PathBuf,
     pub store_path: PathBuf,
     pub cache_bytes: usize,
     pub issuers: Vec<Issuer>,
@@ -58,7 +59,29 @@ pub struct KmsParts<'a> {
     pub channel_ttl_seconds: u32,
 }
 
+/// Opens the audit log in `<state>/audit`, checkpoints signed by the HSM's P-256 key. Each
+/// checkpoint note is also written to the log stream (the journal under systemd), so a
+/// rewritten history shows against copies kept off the box.
+pub fn open_audit(
+    state_dir: &Path,
+    domain: &str,
+    hsm: &Hsm,
+) -> anyhow::Result<Arc<strongroom_audit::AuditLog>> {
+    let origin = format!("{domain}/audit");
+    let mut cfg = strongroom_audit::LogConfig::new(state_dir.join("audit"), &origin);
+    cfg.on_checkpoint = Some(Arc::new(|cp: &strongroom_audit::SignedCheckpoint| {
+        tracing::info!(target: "strongroom::audit::checkpoint", size = cp.size(), note = %cp.note(), "audit checkpoint");
+    }));
+    let signer = Arc::new(
+        strongroom_audit::HsmSigner::new(hsm.clone()).context("audit signing key in the HSM")?,
+    );
+    Ok(Arc::new(
+        strongroom_audit::AuditLog::open(cfg, signer).context("opening the audit log")?,
+    ))
+}
+
 pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
+    let audit = open_audit(&parts.state_dir, parts.domain, &parts.hsm)?;
     let store = Arc::new(
         RedbStore::open(&parts.store_path, parts.cache_bytes)
             .with_context(|| format!("opening {}", parts.store_path.display()))?,
@@ -72,7 +95,7 @@ pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
         Arc::clone(&clock),
     );
     Ok(Arc::new(
-        Kms::new(cfg, store, parts.hsm, verifier, clock, parts.x5c)
+        Kms::new(cfg, store, parts.hsm, verifier, clock, parts.x5c, audit)
             .await
             .context("starting the KMS")?,
     ))
@@ -186,10 +209,14 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 fn health_answer(kms: &Kms, core: Option<crate::dialout::CoreState>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let storage = strongroom_kms::http::storage_healthy(kms);
-    let ok = storage && core.is_none_or(|c| c == crate::dialout::CoreState::Connected);
+    let audit = kms.audit().health();
+    let ok =
+        storage && audit.writable && core.is_none_or(|c| c == crate::dialout::CoreState::Connected);
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "unhealthy" },
         "storage": if storage { "ok" } else { "unreadable" },
+        "audit": if audit.writable { "ok" } else { "unwritable" },
+        "audit_signing": audit.signing,
         "core": core,
     });
     let code = if ok {
@@ -239,6 +266,7 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
         let kms = start_kms(KmsParts {
             domain: &cfg.domain,
             hsm,
+            state_dir: cfg.state_dir.clone(),
             store_path: cfg.state_dir.join("kms.redb"),
             cache_bytes: cfg.storage_cache_bytes,
             issuers,

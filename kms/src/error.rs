@@ -25,6 +25,8 @@ pub enum KmsError {
     Conflict(String),
     #[error("ephemeral key expired or unknown: discard your ephemeral keys")]
     Reset,
+    #[error("the audit log cannot record this decision; the request is refused")]
+    AuditUnavailable,
     #[error("internal error")]
     Internal(String),
 }
@@ -45,6 +47,7 @@ impl KmsError {
             Self::NotFound(_) => (404, 404_001),
             Self::Conflict(_) => (409, 409_001),
             Self::Reset => (499, 499_000),
+            Self::AuditUnavailable => (503, 503_001),
             Self::Internal(_) => (500, 500_000),
         }
     }

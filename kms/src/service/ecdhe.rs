@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::audit::Decision;
 use super::{CHANNEL_CACHE_SWEEP, Caller, Channel, Kms};
 use crate::clock::rfc3339;
 use crate::crypto;
@@ -22,13 +23,10 @@ impl Kms {
         let kid_ok = jwe
             .kid()
             .is_some_and(|k| k == self.static_jwk.kid || k == self.static_thumbprint);
+        let mut d = Decision::default();
         if !kid_ok {
-            return self
-                .signed_error(
-                    String::new(),
-                    &KmsError::BadRequest("unknown kid: not this KMS's static key".into()),
-                )
-                .await;
+            let e = KmsError::BadRequest("unknown kid: not this KMS's static key".into());
+            return self.refuse_signed(d, String::new(), &e).await;
         }
         let hsm = self.hsm.clone();
         let owned = compact.to_owned();
@@ -40,35 +38,38 @@ impl Kms {
         .map_err(|_| crate::jose::JoseError::Decrypt)
         .and_then(|r| r);
         let Ok(plaintext) = plaintext else {
-            return self
-                .signed_error(
-                    String::new(),
-                    &KmsError::BadRequest("handshake message does not decrypt".into()),
-                )
-                .await;
+            let e = KmsError::BadRequest("handshake message does not decrypt".into());
+            return self.refuse_signed(d, String::new(), &e).await;
         };
         let req: Request = match serde_json::from_slice(&plaintext) {
             Ok(r) => r,
             Err(_) => {
-                return self
-                    .signed_error(
-                        String::new(),
-                        &KmsError::BadRequest("handshake body is not a valid KMS request".into()),
-                    )
-                    .await;
+                let e = KmsError::BadRequest("handshake body is not a valid KMS request".into());
+                return self.refuse_signed(d, String::new(), &e).await;
             }
         };
         drop(plaintext);
+        self.note_request(&mut d, &req);
         let rid = req.request_id.clone();
-        let response = match self.create_channel(&req).await {
+        let response = match self.create_channel(&req, &mut d).await {
             Ok(r) => r,
-            Err(e) => return self.signed_error(rid, &e).await,
+            Err(e) => return self.refuse_signed(d, rid, &e).await,
         };
-        self.sign(response.to_json()).await
+        match self
+            .record(d, response.status, strongroom_audit::Reason::Ok)
+            .await
+        {
+            Ok(()) => self.sign(response.to_json()).await,
+            Err(e) => self.signed_error(rid, &e).await,
+        }
     }
 
-    async fn create_channel(&self, req: &Request) -> Result<Response, KmsError> {
+    async fn create_channel(&self, req: &Request, d: &mut Decision) -> Result<Response, KmsError> {
         let caller = self.authenticate(req)?;
+        d.caller = Some(caller.clone());
+        if !self.audit_writable() {
+            return Err(KmsError::AuditUnavailable);
+        }
         if req.method != "create" || self.uris.parse(&req.uri)? != Target::Ecdhe {
             return Err(KmsError::BadRequest(
                 "a message to the static key must be create on /ecdhe".into(),

@@ -3,6 +3,7 @@
 //! operations: `ecdhe` (channels, R2), `keys` (R4, R7, R8), `resources` (resources and
 //! authorizations).
 
+mod audit;
 mod authz;
 mod ecdhe;
 mod keys;
@@ -26,6 +27,7 @@ use crate::jose::{self, JoseError};
 use crate::kek::Kek;
 use crate::storage::Store;
 use crate::uri::{Target, Uris};
+use audit::Decision;
 
 /// Tunables, with the defaults a production deployment starts from.
 #[derive(Debug, Clone)]
@@ -84,6 +86,8 @@ pub struct Kms {
     static_jwk: RsaPublicJwk,
     static_thumbprint: String,
     channels: RwLock<HashMap<Uuid, Arc<Channel>>>,
+    audit: Arc<strongroom_audit::AuditLog>,
+    audit_domain: strongroom_audit::Domain,
 }
 
 impl std::fmt::Debug for Kms {
@@ -107,8 +111,13 @@ impl Kms {
         verifier: TokenVerifier,
         clock: Arc<dyn Clock>,
         x5c: Vec<String>,
+        audit: Arc<strongroom_audit::AuditLog>,
     ) -> Result<Self, KmsError> {
         let uris = Uris::new(&cfg.domain);
+        let audit_domain: strongroom_audit::Domain = cfg
+            .domain
+            .parse()
+            .map_err(|e| KmsError::Internal(format!("domain for the audit log: {e}")))?;
         let kek = Kek::load_or_create(store.as_ref(), &hsm).await?;
         let public = hsm
             .rsa_public_key()
@@ -131,6 +140,8 @@ impl Kms {
             static_jwk,
             static_thumbprint,
             channels: RwLock::new(HashMap::new()),
+            audit,
+            audit_domain,
         })
     }
 
@@ -144,6 +155,10 @@ impl Kms {
 
     pub fn hsm(&self) -> &strongroom_hsm::Hsm {
         &self.hsm
+    }
+
+    pub fn audit(&self) -> &Arc<strongroom_audit::AuditLog> {
+        &self.audit
     }
 
     pub fn verifier(&self) -> &TokenVerifier {
@@ -165,8 +180,9 @@ impl Kms {
         let jwe = match Jwe::parse(compact) {
             Ok(j) => j,
             Err(e) => {
+                let e = KmsError::BadRequest(jose_reason(&e));
                 return self
-                    .signed_error(String::new(), &KmsError::BadRequest(jose_reason(&e)))
+                    .refuse_signed(Decision::default(), String::new(), &e)
                     .await;
             }
         };
@@ -177,40 +193,70 @@ impl Kms {
     }
 
     async fn handle_on_channel(&self, jwe: Jwe<'_>) -> String {
+        let mut d = Decision::default();
         let channel = match jwe.kid().map(|k| self.uris.parse(k)) {
             Some(Ok(Target::Channel(id))) => self.channel(id),
             _ => Ok(None),
         };
         let channel = match channel {
             Ok(Some(c)) => c,
-            Ok(None) => return self.signed_error(String::new(), &KmsError::Reset).await,
-            Err(e) => return self.signed_error(String::new(), &e).await,
+            Ok(None) => return self.refuse_signed(d, String::new(), &KmsError::Reset).await,
+            Err(e) => return self.refuse_signed(d, String::new(), &e).await,
         };
         let Ok(plaintext) = jwe.decrypt_dir(&channel.key) else {
-            return self
-                .signed_error(
-                    String::new(),
-                    &KmsError::BadRequest("message does not decrypt on its channel".into()),
-                )
-                .await;
+            let e = KmsError::BadRequest("message does not decrypt on its channel".into());
+            return self.refuse_signed(d, String::new(), &e).await;
         };
         let req: Request = match serde_json::from_slice(&plaintext) {
             Ok(r) => r,
             Err(_) => {
                 let e = KmsError::BadRequest("message body is not a valid KMS request".into());
-                return self.sealed(&channel, &self.error_response(String::new(), &e));
+                return self.answer(&channel, d, Err(e), String::new()).await;
             }
         };
         drop(plaintext);
+        self.note_request(&mut d, &req);
         if channel.expires_ms <= self.now_ms() {
-            return self.signed_error(req.request_id, &KmsError::Reset).await;
+            return self
+                .refuse_signed(d, req.request_id, &KmsError::Reset)
+                .await;
         }
-        let request_id = req.request_id.clone();
-        let response = match self.dispatch(&channel, req).await {
-            Ok(r) => r,
-            Err(e) => self.error_response(request_id, &e),
+        let result = self.dispatch(&channel, &req, &mut d).await;
+        self.answer(&channel, d, result, req.request_id).await
+    }
+
+    /// Records the decision, then seals the answer on the channel; if the record cannot be
+    /// written the answer is a 503 refusal instead (fail closed).
+    async fn answer(
+        &self,
+        channel: &Channel,
+        mut d: Decision,
+        result: Result<Response, KmsError>,
+        request_id: String,
+    ) -> String {
+        let (response, reason) = match result {
+            Ok(r) => {
+                self.note_response(&mut d, &r);
+                (r, strongroom_audit::Reason::Ok)
+            }
+            Err(e) => (
+                self.error_response(request_id.clone(), &e),
+                audit::reason_of(&e),
+            ),
         };
-        self.sealed(&channel, &response)
+        match self.record(d, response.status, reason).await {
+            Ok(()) => self.sealed(channel, &response),
+            Err(e) => self.sealed(channel, &self.error_response(request_id, &e)),
+        }
+    }
+
+    /// Records a refusal that can only be answered with a signed JWS, and signs it.
+    async fn refuse_signed(&self, d: Decision, request_id: String, e: &KmsError) -> String {
+        let (status, _) = e.status();
+        match self.record(d, status, audit::reason_of(e)).await {
+            Ok(()) => self.signed_error(request_id, e).await,
+            Err(audit_err) => self.signed_error(request_id, &audit_err).await,
+        }
     }
 
     fn sealed(&self, channel: &Channel, response: &Response) -> String {
@@ -292,25 +338,34 @@ impl Kms {
         })
     }
 
-    async fn dispatch(&self, channel: &Channel, req: Request) -> Result<Response, KmsError> {
-        let caller = self.authenticate(&req)?;
+    async fn dispatch(
+        &self,
+        channel: &Channel,
+        req: &Request,
+        d: &mut Decision,
+    ) -> Result<Response, KmsError> {
+        let caller = self.authenticate(req)?;
+        d.caller = Some(caller.clone());
         if caller.user != channel.user {
             return Err(KmsError::ForbiddenOther(
                 "the bearer token's user does not own this channel".into(),
             ));
         }
         let target = self.uris.parse(&req.uri)?;
+        if matches!(req.method.as_str(), "create" | "update" | "delete") && !self.audit_writable() {
+            return Err(KmsError::AuditUnavailable);
+        }
         tracing::debug!(user = %caller.user, org = %caller.org, method = %req.method, uri = %req.uri, "KMS request");
         let rid = req.request_id.clone();
         match (req.method.as_str(), target) {
             ("delete", Target::Channel(id)) => self.delete_channel(&caller, id, rid).await,
-            ("create", Target::Keys) => self.create_keys(&caller, &req).await,
+            ("create", Target::Keys) => self.create_keys(&caller, req).await,
             ("retrieve", Target::Key(id)) => self.retrieve_key(&caller, id, rid),
-            ("update", Target::Key(id)) => self.bind_key(&caller, id, &req).await,
-            ("create", Target::Resources) => self.create_resource(&caller, &req).await,
+            ("update", Target::Key(id)) => self.bind_key(&caller, id, req).await,
+            ("create", Target::Resources) => self.create_resource(&caller, req).await,
             ("retrieve", Target::Resource(id)) => self.retrieve_resource(&caller, id, rid),
-            ("retrieve", Target::ResourceKeys(id)) => self.resource_keys(&caller, id, &req),
-            ("create", Target::Authorizations) => self.create_authorizations(&caller, &req).await,
+            ("retrieve", Target::ResourceKeys(id)) => self.resource_keys(&caller, id, req),
+            ("create", Target::Authorizations) => self.create_authorizations(&caller, req).await,
             (
                 "retrieve",
                 Target::ResourceAuthorizations {

@@ -7,6 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::pkcs8::EncodePrivateKey as _;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use strongroom_audit::FailSwitch;
 use strongroom_hsm::Hsm;
 use strongroom_kms::auth::{Issuer, TokenVerifier};
 use strongroom_kms::client::KmsClient;
@@ -54,6 +55,8 @@ impl TestIssuer {
 
 pub struct Env {
     pub kms: Arc<Kms>,
+    /// Makes the audit log's writes fail while set (disk-full injection).
+    pub fail: Arc<FailSwitch>,
     pub clock: Arc<ManualClock>,
     pub issuer: TestIssuer,
     pub hsm: Hsm,
@@ -67,9 +70,11 @@ pub async fn env(name: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new();
     let clock = Arc::new(ManualClock::new(START_MS));
-    let kms = start(&hsm, &dir, &issuer, &clock).await;
+    let fail = Arc::new(FailSwitch::default());
+    let kms = start(&hsm, &dir, &issuer, &clock, &fail).await;
     Env {
         kms,
+        fail,
         clock,
         issuer,
         hsm,
@@ -83,8 +88,19 @@ pub async fn start(
     dir: &tempfile::TempDir,
     issuer: &TestIssuer,
     clock: &Arc<ManualClock>,
+    fail: &Arc<FailSwitch>,
 ) -> Arc<Kms> {
     let store = Arc::new(RedbStore::open(&dir.path().join("kms.redb"), 8 << 20).unwrap());
+    let mut cfg =
+        strongroom_audit::LogConfig::new(dir.path().join("audit"), &format!("{DOMAIN}/audit"));
+    cfg.fail = Some(Arc::clone(fail));
+    let audit = Arc::new(
+        strongroom_audit::AuditLog::open(
+            cfg,
+            Arc::new(strongroom_audit::HsmSigner::new(hsm.clone()).unwrap()),
+        )
+        .unwrap(),
+    );
     let verifier = TokenVerifier::new(
         AUD.into(),
         vec![Issuer::from_jwks(ISS, &issuer.jwks).unwrap()],
@@ -98,6 +114,7 @@ pub async fn start(
             verifier,
             clock.clone(),
             vec![],
+            audit,
         )
         .await
         .unwrap(),

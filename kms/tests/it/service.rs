@@ -332,7 +332,7 @@ async fn state_survives_a_restart_and_keys_are_sealed_at_rest() {
         !file.windows(32).any(|w| w == raw_key.as_slice()),
         "plaintext key found on disk"
     );
-    let kms = fixture::start(&e.hsm, &e.dir, &e.issuer, &e.clock).await;
+    let kms = fixture::start(&e.hsm, &e.dir, &e.issuer, &e.clock, &e.fail).await;
     // Same channel (persisted), same key bytes.
     let got = call(&kms, &ca, "retrieve", &uri, json!({})).await;
     assert_eq!(got["status"], 200);

@@ -1,0 +1,157 @@
+//! Every KMS decision, allowed or denied, becomes one audit record that is durable before
+//! the answer leaves (R16; architecture.md flow 6: "no audit, no answer"). Records carry
+//! obfuscated UUIDs and URIs only: the audit crate's types cannot hold key material,
+//! tokens or plaintext (R14, R22).
+
+use strongroom_audit::{Action, Event, KeyUri, Kind, Outcome, Reason, ResourceUri};
+use uuid::Uuid;
+
+use super::{Caller, Kms};
+use crate::auth::AuthError;
+use crate::envelope::{Payload, Request, Response};
+use crate::error::KmsError;
+use crate::uri::Target;
+
+/// What the service learned while deciding, for the record.
+#[derive(Debug, Default)]
+pub(crate) struct Decision {
+    pub action: Option<Action>,
+    pub caller: Option<Caller>,
+    pub request: Option<Uuid>,
+    pub resource: Option<Uuid>,
+    pub keys: Vec<Uuid>,
+    pub subject: Option<Uuid>,
+}
+
+pub(crate) fn action_of(method: &str) -> Action {
+    match method {
+        "create" => Action::Create,
+        "retrieve" => Action::Retrieve,
+        "update" => Action::Update,
+        "delete" => Action::Delete,
+        _ => Action::UnknownMethod,
+    }
+}
+
+pub(crate) fn reason_of(e: &KmsError) -> Reason {
+    match e {
+        KmsError::BadRequest(_) => Reason::BadRequest,
+        KmsError::UnknownMethod(_) => Reason::UnknownMethod,
+        KmsError::NotFound(_) => Reason::NotFound,
+        KmsError::Unauthenticated(AuthError::Expired) => Reason::TokenExpired,
+        KmsError::Unauthenticated(AuthError::WrongAudience) => Reason::WrongAudience,
+        KmsError::Unauthenticated(_) | KmsError::UserMismatch => Reason::Unauthenticated,
+        KmsError::Forbidden { .. } => Reason::NotMember,
+        KmsError::ForbiddenOther(_) => Reason::Forbidden,
+        KmsError::Conflict(_) => Reason::Conflict,
+        KmsError::Reset => Reason::ChannelExpired,
+        KmsError::AuditUnavailable => Reason::Unavailable,
+        KmsError::Internal(_) => Reason::Internal,
+    }
+}
+
+impl Kms {
+    /// What a request addresses, for the record (before the decision).
+    pub(crate) fn note_request(&self, d: &mut Decision, req: &Request) {
+        d.action = Some(action_of(&req.method));
+        d.request = Some(strongroom_audit::record::request_id(&req.request_id));
+        match self.uris.parse(&req.uri) {
+            Ok(Target::Key(k)) => d.keys.push(k),
+            Ok(
+                Target::Resource(r)
+                | Target::ResourceKeys(r)
+                | Target::ResourceAuthorizations { resource: r, .. },
+            ) => d.resource = Some(r),
+            _ => {}
+        }
+        if let Ok(Target::ResourceAuthorizations {
+            auth_id: Some(a), ..
+        }) = self.uris.parse(&req.uri)
+        {
+            d.subject = Uuid::parse_str(&a).ok();
+        }
+        if d.resource.is_none()
+            && let Some(r) = req.resource_uri.as_deref()
+        {
+            d.resource = self.uris.resource_id(r).ok();
+        }
+        for k in req.key_uris.iter().flatten() {
+            if let Ok(id) = self.uris.key_id(k) {
+                d.keys.push(id);
+            }
+        }
+    }
+
+    /// Keys and resources the answer names (created keys, a new resource).
+    pub(crate) fn note_response(&self, d: &mut Decision, r: &Response) {
+        match &r.payload {
+            Some(Payload::Keys(keys)) => {
+                d.keys
+                    .extend(keys.iter().filter_map(|k| self.uris.key_id(&k.uri).ok()));
+            }
+            Some(Payload::Resource(res)) => {
+                d.resource = self.uris.resource_id(&res.uri).ok();
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends the record and waits until it is durable. `Err` means: refuse.
+    pub(crate) async fn record(
+        &self,
+        d: Decision,
+        status: u16,
+        reason: Reason,
+    ) -> Result<(), KmsError> {
+        let outcome = match status {
+            0..400 => Outcome::Allowed,
+            500.. => Outcome::Failed,
+            _ => Outcome::Denied,
+        };
+        let mut e = Event::new(
+            Kind::KmsDecision,
+            d.action.unwrap_or(Action::UnknownMethod),
+            outcome,
+            reason,
+        )
+        .status(status);
+        if let Some(c) = &d.caller {
+            e = e
+                .user(c.user)
+                .org(c.org)
+                .client(strongroom_audit::record::request_id(&c.client_id));
+        }
+        if let Some(r) = d.request {
+            e = e.request(r);
+        }
+        if let Some(s) = d.subject {
+            e = e.subject(s);
+        }
+        if let Some(r) = d.resource {
+            e = e.resource(ResourceUri::new(&self.audit_domain, r));
+        }
+        if !d.keys.is_empty() {
+            e = e.keys(d.keys.iter().map(|k| KeyUri::new(&self.audit_domain, *k)));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.audit.submit(
+            vec![e],
+            Box::new(move |res| {
+                let _ = tx.send(res);
+            }),
+        );
+        match rx.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit record not written: refusing the request");
+                Err(KmsError::AuditUnavailable)
+            }
+            Err(_) => Err(KmsError::AuditUnavailable),
+        }
+    }
+
+    /// Whether a state change may be attempted: not while the log cannot take its record.
+    pub(crate) fn audit_writable(&self) -> bool {
+        self.audit.health().writable
+    }
+}
