@@ -1,6 +1,7 @@
 //! `strongroom`: the appliance daemon and CLI. Thin glue over the library crates
 //! (`strongroom-kms`, `strongroom-hsm`); see docs/ARCHITECTURE.md.
 
+mod audit_cli;
 mod certs;
 mod config;
 mod dev;
@@ -29,6 +30,9 @@ enum Command {
     Init(serve::ConfigArg),
     /// Serve the KMS over HTTPS (what the packaged service runs).
     Serve(serve::ConfigArg),
+    /// The security team's tools over the audit log (verify, show, prove, export, reconcile).
+    #[command(subcommand)]
+    Audit(audit_cli::AuditCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -71,6 +75,11 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => serve::init(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Config(ConfigCommand::Check(args)) => serve::config_check(&args),
+        Command::Audit(cmd) => match audit_cli::run(&cmd) {
+            Ok(0) => Ok(()),
+            Ok(code) => return std::process::ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::EXAMPLE);
             Ok(())

@@ -75,9 +75,16 @@ pub fn open_audit(
     let signer = Arc::new(
         strongroom_audit::HsmSigner::new(hsm.clone()).context("audit signing key in the HSM")?,
     );
-    Ok(Arc::new(
-        strongroom_audit::AuditLog::open(cfg, signer).context("opening the audit log")?,
-    ))
+    let log = strongroom_audit::AuditLog::open(cfg, signer).context("opening the audit log")?;
+    // A convenience copy of the public key for `strongroom audit` on this box; security
+    // teams should keep their own copy (`strongroom audit verify --key`).
+    let vkey = format!("{}\n", log.key().vkey());
+    files::write_file(
+        &crate::audit_cli::vkey_path(state_dir),
+        vkey.as_bytes(),
+        0o644,
+    )?;
+    Ok(Arc::new(log))
 }
 
 pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
