@@ -8,6 +8,7 @@ mod dev;
 mod dialout;
 mod files;
 mod identity;
+mod journal;
 mod pinning;
 mod serve;
 mod server;

@@ -72,6 +72,7 @@ pub fn open_audit(
     cfg.on_checkpoint = Some(Arc::new(|cp: &strongroom_audit::SignedCheckpoint| {
         tracing::info!(target: "strongroom::audit::checkpoint", size = cp.size(), note = %cp.note(), "audit checkpoint");
     }));
+    cfg.on_record = crate::journal::audit_mirror();
     let signer = Arc::new(
         strongroom_audit::HsmSigner::new(hsm.clone()).context("audit signing key in the HSM")?,
     );

@@ -88,4 +88,6 @@ pub use record::{Action, Domain, Event, KeyUri, Kind, Outcome, Reason, Record, R
 pub use verify::{Fault, FaultKind, Verified, VerifyOptions, verify_dir};
 #[cfg(feature = "testing")]
 pub use writer::FailSwitch;
-pub use writer::{AuditLog, CheckpointSink, Clock, Health, LogConfig, Receipt, SystemClock};
+pub use writer::{
+    AuditLog, CheckpointSink, Clock, Health, LogConfig, Receipt, RecordSink, SystemClock,
+};

@@ -202,6 +202,12 @@ impl Committer {
                         h.last_error = None;
                         h.size = size;
                     });
+                    // Mirror each durable record (exact line bytes) before acknowledging.
+                    if let Some(sink) = &self.config.on_record {
+                        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                            sink(line);
+                        }
+                    }
                     for (reply, receipts) in accepted {
                         reply(Ok(receipts));
                     }

@@ -51,6 +51,10 @@ impl Clock for SystemClock {
 /// Called with every checkpoint written (export it off the box: journal, SIEM, witness).
 pub type CheckpointSink = Arc<dyn Fn(&SignedCheckpoint) + Send + Sync>;
 
+/// Receives each record's exact line once it is durable (the journal mirror, R16: a copy
+/// off the box for SIEM pickup). Called on the committer thread: keep it quick.
+pub type RecordSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Writer configuration. [`LogConfig::new`] gives the defaults.
 #[non_exhaustive]
 pub struct LogConfig {
@@ -68,6 +72,8 @@ pub struct LogConfig {
     pub max_group: usize,
     pub clock: Arc<dyn Clock>,
     pub on_checkpoint: Option<CheckpointSink>,
+    /// Mirror of every durable record (see [`RecordSink`]).
+    pub on_record: Option<RecordSink>,
     /// Test seam: make writes fail on demand.
     #[cfg(feature = "testing")]
     pub fail: Option<Arc<FailSwitch>>,
@@ -97,6 +103,7 @@ impl LogConfig {
             max_group: 4096,
             clock: Arc::new(SystemClock),
             on_checkpoint: None,
+            on_record: None,
             #[cfg(feature = "testing")]
             fail: None,
         }

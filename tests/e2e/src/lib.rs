@@ -75,7 +75,17 @@ pub struct DevServer {
 impl DevServer {
     /// Starts `strongroom dev --listen 127.0.0.1:0 [--state DIR] [extra...]` and waits for its line.
     pub fn start(state: Option<&Path>, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(state, extra, &[])
+    }
+
+    /// Like [`DevServer::start`], with extra environment variables for the server process.
+    pub fn start_with_env(
+        state: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(strongroom_bin()?);
+        cmd.envs(env.iter().copied());
         cmd.args(["dev", "--listen", "127.0.0.1:0"]);
         if let Some(s) = state {
             cmd.arg("--state").arg(s);
