@@ -187,7 +187,7 @@ pub fn run(cmd: &AuditCommand) -> anyhow::Result<u8> {
         AuditCommand::Verify(log) => {
             let key = load_key(log)?;
             let opts = options(log, &key)?;
-            match strongroom_audit::verify_dir(&log_dir(log), &key, &opts) {
+            match verify_with_progress(&log_dir(log), &key, &opts, !log.json) {
                 Ok(v) => {
                     if log.json {
                         println!(
@@ -316,6 +316,36 @@ pub fn run(cmd: &AuditCommand) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+/// Verifies the whole log; on a terminal, shows a running count on stderr (long logs take
+/// seconds: about 4 s per million records here).
+fn verify_with_progress(
+    dir: &Path,
+    key: &LogKey,
+    opts: &VerifyOptions,
+    show: bool,
+) -> Result<strongroom_audit::Verified, strongroom_audit::Error> {
+    use std::io::{IsTerminal as _, Write as _};
+    let tty = show && std::io::stderr().is_terminal();
+    let mut n = 0u64;
+    let started = std::time::Instant::now();
+    let res = strongroom_audit::query(dir, key, opts, &Filter::default(), &mut |_, _| {
+        n += 1;
+        if tty && n.is_multiple_of(50_000) {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\rverifying: {n} records, {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            let _ = err.flush();
+        }
+    });
+    if tty && n >= 50_000 {
+        eprintln!();
+    }
+    res
 }
 
 fn report_fault(json: bool, e: &strongroom_audit::Error) -> anyhow::Result<u8> {
