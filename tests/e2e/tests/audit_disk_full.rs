@@ -1,0 +1,92 @@
+//! A full disk under the audit log makes the KMS refuse (503: no record, no answer), and
+//! once space is back it recovers by itself (issue 4). The audit directory of a real
+//! `strongroom dev` is a small tmpfs mount that we fill up. Needs root (mount); skips
+//! otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use strongroom_e2e::{DevServer, Session};
+use uuid::Uuid;
+
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
+    let state = tempfile::tempdir().unwrap();
+    let audit = state.path().join("audit");
+    std::fs::create_dir_all(&audit).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&audit)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let _mount = Mount(audit.clone());
+    let server = DevServer::start(Some(state.path()), &["--rsa-bits", "2048"]).unwrap();
+    let http = strongroom_e2e::http_client();
+    let user = Uuid::new_v4();
+    let s = Session::connect(&http, &server.info, user, "dev")
+        .await
+        .unwrap();
+    let keys = s
+        .call("create", "/keys", json!({"count": 1}))
+        .await
+        .unwrap();
+    let uri = keys["keys"][0]["uri"].as_str().unwrap().to_owned();
+
+    let filler = fill(&audit);
+    let mut refused = None;
+    for _ in 0..500 {
+        let r = s.call("retrieve", &uri, json!({})).await.unwrap();
+        if r["status"] == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r["status"], 200);
+    }
+    let refused = refused.expect("a full disk under the audit log must make the KMS refuse");
+    assert!(
+        refused.get("key").is_none(),
+        "no key material in the refusal"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let mut recovered = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let r = s.call("retrieve", &uri, json!({})).await.unwrap();
+        if r["status"] == 200 {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(
+        recovered,
+        "the KMS recovers by itself once the disk has room again"
+    );
+    server.stop().unwrap();
+}
