@@ -22,7 +22,8 @@ fn say(who: &str, what: impl std::fmt::Display) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     println!("strongroom demo: starting `strongroom dev` (SoftHSM2 token, redb state) ...");
-    let server = DevServer::start(None, &[])?;
+    let state = tempfile::tempdir()?;
+    let server = DevServer::start(Some(state.path()), &[])?;
     let info = server.info.clone();
     println!("  KMS     {} at {}", info.kms_cluster, info.kms_url);
     println!(
@@ -142,6 +143,39 @@ async fn main() -> anyhow::Result<()> {
         && after["status"] == 403
         && bob2["status"] == 403;
     server.stop()?;
+
+    println!(
+        "\n6. The security team checks the audit log (every decision, HSM-signed checkpoints):"
+    );
+    let bin = strongroom_e2e::strongroom_bin()?;
+    let state_arg = state.path().to_string_lossy().into_owned();
+    for args in [
+        vec!["audit", "verify", "--state", state_arg.as_str()],
+        vec![
+            "audit",
+            "show",
+            "--state",
+            state_arg.as_str(),
+            "--outcome",
+            "denied",
+        ],
+    ] {
+        let out = std::process::Command::new(&bin).args(&args).output()?;
+        println!(
+            "  $ strongroom {}",
+            args.join(" ").replace(state_arg.as_str(), "<state>")
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("    {line}");
+        }
+        if !out.status.success() {
+            anyhow::bail!(
+                "strongroom {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     if ok {
         println!("\ndemo finished: every decision was as expected.");
         Ok(())
