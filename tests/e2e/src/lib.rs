@@ -238,3 +238,28 @@ impl Session {
         Ok(self.kms.open(&first)?)
     }
 }
+
+/// Writes a file readable by its owner only (secret files must be 0600: the appliance
+/// refuses group- or world-readable ones).
+pub fn secret_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// The files an appliance configuration in `dir` needs for its own SoftHSM2 token store:
+/// `softhsm2.conf` (token directory `dir/tokens`), `pin` and `so-pin` (0600).
+pub fn appliance_hsm_files(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("tokens"))?;
+    std::fs::write(
+        dir.join("softhsm2.conf"),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )?;
+    secret_file(&dir.join("pin"), "user-pin-1234\n")?;
+    secret_file(&dir.join("so-pin"), "so-pin-5678\n")?;
+    Ok(())
+}

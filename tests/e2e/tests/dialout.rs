@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::BufRead as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,8 +21,7 @@ use uuid::Uuid;
 const DOMAIN: &str = "kms.acme.test";
 
 fn secret(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    strongroom_e2e::secret_file(path, text).unwrap();
 }
 
 /// A root with pathLenConstraint 0 and a leaf for localhost, written as PEM files.
@@ -149,17 +147,7 @@ async fn kms_traffic_flows_through_the_core_and_survives_a_core_restart() {
         .await
         .unwrap();
     std::fs::write(d.join("jwks.json"), jwks.to_string()).unwrap();
-    std::fs::create_dir_all(d.join("tokens")).unwrap();
-    std::fs::write(
-        d.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            d.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    secret(&d.join("pin"), "user-pin-1234");
-    secret(&d.join("so-pin"), "so-pin-5678");
+    strongroom_e2e::appliance_hsm_files(d).unwrap();
     let kms_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +23,6 @@ use uuid::Uuid;
 const DOMAIN: &str = "kms.acme.test";
 const ISS: &str = "https://idp.acme.test";
 
-fn secret(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 fn strongroom(args: &[&str]) -> std::process::Output {
     Command::new(strongroom_bin().unwrap())
         .args(args)
@@ -40,17 +34,7 @@ fn strongroom(args: &[&str]) -> std::process::Output {
 async fn init_check_and_serve_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("tokens")).unwrap();
-    std::fs::write(
-        d.join("softhsm2.conf"),
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            d.join("tokens").display()
-        ),
-    )
-    .unwrap();
-    secret(&d.join("pin"), "user-pin-1234\n");
-    secret(&d.join("so-pin"), "so-pin-5678\n");
+    strongroom_e2e::appliance_hsm_files(d).unwrap();
     let sk =
         <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
     let point = sk.public_key().to_sec1_bytes();
