@@ -59,31 +59,17 @@ pub struct FilterArgs {
 pub enum AuditCommand {
     /// Verify the whole log: exit 0 if intact, 3 naming the first bad record or segment.
     Verify(LogArgs),
-    /// Show records matching a filter.
+    /// Show records matching a filter (alias: `query`).
+    #[command(visible_alias = "query")]
     Show {
         #[command(flatten)]
         log: LogArgs,
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Prove that record INDEX is in the tree of size SIZE (default: the whole log).
-    ProveInclusion {
-        #[command(flatten)]
-        log: LogArgs,
-        #[arg(long)]
-        index: u64,
-        #[arg(long)]
-        size: Option<u64>,
-    },
-    /// Prove that the tree of size OLD is a prefix of the tree of size NEW.
-    ProveConsistency {
-        #[command(flatten)]
-        log: LogArgs,
-        #[arg(long)]
-        old: u64,
-        #[arg(long)]
-        new: Option<u64>,
-    },
+    /// Inclusion and consistency proofs (RFC 9162) from the verified log.
+    #[command(subcommand)]
+    Prove(ProveCommand),
     /// Export matching records with proofs and a checkpoint: verifies offline with the key.
     Export {
         #[command(flatten)]
@@ -107,6 +93,34 @@ pub enum AuditCommand {
         #[arg(long)]
         allow: PathBuf,
     },
+    /// Print the log's public key (`vkey`) read from the HSM itself, to keep off the box.
+    Key(crate::serve::ConfigArg),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ProveCommand {
+    /// Prove that record INDEX is in the tree of size SIZE (default: the whole log).
+    Inclusion {
+        #[command(flatten)]
+        log: LogArgs,
+        #[arg(long)]
+        index: u64,
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// Prove that the tree of size OLD is a prefix of the tree of size NEW.
+    Consistency {
+        #[command(flatten)]
+        log: LogArgs,
+        #[arg(long)]
+        old: u64,
+        #[arg(long)]
+        new: Option<u64>,
+    },
+}
+
+fn b64(d: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d)
 }
 
 /// The file the appliance writes its log key to at start (convenience copy).
@@ -224,24 +238,38 @@ pub fn run(cmd: &AuditCommand) -> anyhow::Result<u8> {
                 Err(e) => report_fault(log.json, &e),
             }
         }
-        AuditCommand::ProveInclusion { log, index, size } => {
+        AuditCommand::Prove(ProveCommand::Inclusion { log, index, size }) => {
             let key = load_key(log)?;
             let snap = match LogSnapshot::load(&log_dir(log), &key, &options(log, &key)?) {
                 Ok(s) => s,
                 Err(e) => return report_fault(log.json, &e),
             };
-            let proof = snap.prove_inclusion(*index, size.unwrap_or_else(|| snap.size()))?;
-            println!("{}", serde_json::to_string_pretty(&proof)?);
+            let size = size.unwrap_or_else(|| snap.size());
+            let proof = snap.prove_inclusion(*index, size)?;
+            let out = serde_json::json!({"proof": proof, "root": b64(&snap.root(size)?)});
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(0)
         }
-        AuditCommand::ProveConsistency { log, old, new } => {
+        AuditCommand::Prove(ProveCommand::Consistency { log, old, new }) => {
             let key = load_key(log)?;
             let snap = match LogSnapshot::load(&log_dir(log), &key, &options(log, &key)?) {
                 Ok(s) => s,
                 Err(e) => return report_fault(log.json, &e),
             };
-            let proof = snap.prove_consistency(*old, new.unwrap_or_else(|| snap.size()))?;
-            println!("{}", serde_json::to_string_pretty(&proof)?);
+            let new = new.unwrap_or_else(|| snap.size());
+            let proof = snap.prove_consistency(*old, new)?;
+            let (old_root, new_root) = (snap.root(*old)?, snap.root(new)?);
+            proof
+                .verify(&old_root, &new_root)
+                .context("the consistency proof does not verify")?;
+            let out = serde_json::json!({
+                "proof": proof, "old_root": b64(&old_root), "new_root": b64(&new_root)
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        AuditCommand::Key(args) => {
+            println!("{}", crate::serve::audit_key(args)?.vkey());
             Ok(0)
         }
         AuditCommand::Export {

@@ -67,7 +67,7 @@ pub fn open_audit(
     domain: &str,
     hsm: &Hsm,
 ) -> anyhow::Result<Arc<strongroom_audit::AuditLog>> {
-    let origin = format!("{domain}/audit");
+    let origin = audit_origin(domain);
     let mut cfg = strongroom_audit::LogConfig::new(state_dir.join("audit"), &origin);
     cfg.on_checkpoint = Some(Arc::new(|cp: &strongroom_audit::SignedCheckpoint| {
         tracing::info!(target: "strongroom::audit::checkpoint", size = cp.size(), note = %cp.note(), "audit checkpoint");
@@ -233,6 +233,23 @@ fn health_answer(kms: &Kms, core: Option<crate::dialout::CoreState>) -> axum::re
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(body)).into_response()
+}
+
+/// The audit log's public key, read from the HSM (not from the state directory, which
+/// whoever controls the box could replace): `strongroom audit key`.
+pub fn audit_key(args: &ConfigArg) -> anyhow::Result<strongroom_audit::LogKey> {
+    let cfg = Config::load(&args.config)?;
+    ensure_softhsm_env(cfg.softhsm2_conf.as_deref())?;
+    cfg.check_files()?;
+    let hsm = Hsm::open(&hsm_config(&cfg)?).context("opening the HSM token")?;
+    let point = hsm
+        .ec_public_key()
+        .context("reading the audit key from the HSM (run strongroom init first)")?;
+    strongroom_audit::LogKey::new(&audit_origin(&cfg.domain), point).context("the HSM's audit key")
+}
+
+fn audit_origin(domain: &str) -> String {
+    format!("{domain}/audit")
 }
 
 /// `strongroom serve`.

@@ -2,22 +2,9 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> i64;
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
-    }
-}
+/// One clock for the KMS and its audit log, so a record's time is the decision's time
+/// (tests move both with a [`ManualClock`]).
+pub use strongroom_audit::{Clock, SystemClock};
 
 /// A clock tests move by hand.
 #[derive(Debug, Default)]
@@ -35,12 +22,6 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl<C: Clock> Clock for std::sync::Arc<C> {
-    fn now_ms(&self) -> i64 {
-        (**self).now_ms()
     }
 }
 

@@ -35,6 +35,12 @@ pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
 }
 
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_ms(&self) -> i64 {
+        (**self).now_ms()
+    }
+}
+
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use strongroom_audit::{Filter, Outcome, VerifyOptions};
+use strongroom_kms::clock::Clock as _;
 use strongroom_kms::jose::b64d;
 use uuid::Uuid;
 
@@ -54,6 +55,8 @@ async fn every_decision_is_recorded_and_the_log_holds_no_secrets() {
         &VerifyOptions::default(),
         &filter,
         &mut |r, line| {
+            // The record's time is the KMS's (injected) clock, not the machine's.
+            assert_eq!(r.time, e.clock.now_ms(), "audit time from the KMS clock");
             denied.push((format!("{r:?}"), String::from_utf8_lossy(line).into_owned()));
         },
     )

@@ -94,6 +94,7 @@ pub async fn start(
     let mut cfg =
         strongroom_audit::LogConfig::new(dir.path().join("audit"), &format!("{DOMAIN}/audit"));
     cfg.fail = Some(Arc::clone(fail));
+    cfg.clock = clock.clone();
     let audit = Arc::new(
         strongroom_audit::AuditLog::open(
             cfg,

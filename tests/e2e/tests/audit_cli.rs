@@ -69,6 +69,49 @@ async fn verify_show_export_and_tamper_detection() {
         "only the denied record: {out}"
     );
 
+    // `query` is `show`; proofs come out with the roots they lead to.
+    let (code, out) = audit(&["query", "--state", s, "--key", k, "--outcome", "denied"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&eve.to_string()), "{out}");
+    let (code, out) = audit(&[
+        "prove",
+        "inclusion",
+        "--state",
+        s,
+        "--key",
+        k,
+        "--index",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["proof"]["tree_size"], 4, "{out}");
+    assert_eq!(v["proof"]["hashes"].as_array().unwrap().len(), 2, "{out}");
+    let (code, out) = audit(&[
+        "prove",
+        "consistency",
+        "--state",
+        s,
+        "--key",
+        k,
+        "--old",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(v["old_root"], v["new_root"], "{out}");
+    let (code, out) = audit(&[
+        "prove",
+        "inclusion",
+        "--state",
+        s,
+        "--key",
+        k,
+        "--index",
+        "4",
+    ]);
+    assert_ne!(code, 0, "an index beyond the log is refused: {out}");
+
     let bundle = state.path().join("bundle.json");
     let (code, out) = audit(&[
         "export",

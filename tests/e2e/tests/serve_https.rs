@@ -197,4 +197,18 @@ jwks_file = "{dir}/jwks.json"
         .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "serve stops cleanly on SIGTERM: {status}");
+
+    // `audit key` reads the log key from the HSM: the same key the service wrote out.
+    let out = strongroom(&["audit", "key", "--config", cfg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(d.join("state/audit.vkey")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), written);
+    assert!(
+        written.starts_with(&format!("{DOMAIN}/audit+")),
+        "{written}"
+    );
 }
