@@ -476,3 +476,257 @@ async fn backup_and_restore_round_trip_and_refusals() {
     );
     assert_eq!(tree(&aside[0].path()).len(), before.len());
 }
+
+fn status_json(app: &Appliance) -> (bool, Value, String) {
+    let out = app.run(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", stderr(&out)));
+    (out.status.success(), v, stderr(&out))
+}
+
+fn check<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {v}"))
+}
+
+/// `strongroom status`: healthy while serving (service and keys named, no secrets); a wrong
+/// HSM PIN and a tampered audit log each make it exit non-zero naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_healthy_and_broken_setups() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let issuer = hsm_dir(d);
+    let mut a = Appliance::new(d, "a");
+    a.init();
+    a.start().await;
+    let s = a.session(&issuer, Uuid::new_v4()).await;
+    assert_eq!(
+        s.call("create", "/keys", json!({"count": 1})).await["status"],
+        201
+    );
+
+    let (ok, v, err) = status_json(&a);
+    assert!(ok, "healthy: {v} {err}");
+    assert_eq!(v["ok"], true);
+    for name in [
+        "config",
+        "hsm",
+        "state",
+        "storage",
+        "audit",
+        "service",
+        "tls_certificate",
+        "static_certificate",
+    ] {
+        assert_eq!(check(&v, name)["status"], "ok", "{name}: {v}");
+    }
+    let hsm = check(&v, "hsm")["detail"].as_str().unwrap();
+    assert!(
+        hsm.contains("strongroom-root") && hsm.contains("strongroom-static-rsa"),
+        "{hsm}"
+    );
+    assert!(
+        check(&v, "service")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("200")
+    );
+    let text = v.to_string();
+    assert!(
+        !text.contains("user-pin-1234") && !text.contains("so-pin-5678"),
+        "no PINs: {text}"
+    );
+    // The text form exits 0 too.
+    assert!(a.run(&["status"]).status.success());
+    a.stop();
+    let (ok, v, _) = status_json(&a);
+    assert!(ok, "a stopped service is a warning, not a failure: {v}");
+    assert_eq!(check(&v, "service")["status"], "warn");
+    assert!(
+        check(&v, "storage")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 keys"),
+        "{v}"
+    );
+
+    // Wrong PIN: the HSM check fails and is named.
+    std::fs::copy(d.join("pin"), d.join("pin.good")).unwrap();
+    strongroom_e2e::secret_file(&d.join("pin"), "wrong-pin-0000\n").unwrap();
+    let (ok, v, err) = status_json(&a);
+    assert!(!ok, "a wrong PIN must fail: {v}");
+    assert_eq!(check(&v, "hsm")["status"], "fail", "{v}");
+    assert!(err.contains("hsm"), "the failed check is named: {err}");
+    assert!(
+        !v.to_string().contains("wrong-pin-0000"),
+        "the PIN is not echoed"
+    );
+    std::fs::rename(d.join("pin.good"), d.join("pin")).unwrap();
+    assert!(status_json(&a).0, "healthy again with the right PIN");
+
+    // A tampered audit log: one byte of a record changed.
+    let seg = std::fs::read_dir(a.state.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"\"seq\":").unwrap() + 6;
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&seg, bytes).unwrap();
+    let (ok, v, err) = status_json(&a);
+    assert!(!ok, "a tampered audit log must fail: {v}");
+    assert_eq!(check(&v, "audit")["status"], "fail", "{v}");
+    assert!(err.contains("audit"), "{err}");
+}
+
+/// `/metrics` (R14): scraped during real traffic, the counters move; nothing in it is a
+/// bearer token, key material, a user ID or a key URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_and_carry_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let issuer = hsm_dir(d);
+    let mut a = Appliance::new(d, "a");
+    a.init();
+    a.start().await;
+    let plain = strongroom_e2e::http_client();
+    let url = format!("http://127.0.0.1:{}/metrics", a.metrics_port);
+    let scrape = || async {
+        let r = plain.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let before = scrape().await;
+    let posts = r#"strongroom_http_requests_total{route="messages",method="POST",status="2xx"}"#;
+    let before_posts = value(&before, posts);
+
+    let user = Uuid::new_v4();
+    let token = issuer.token(user);
+    let s = a.session(&issuer, user).await;
+    let created = s.call("create", "/keys", json!({"count": 3})).await;
+    assert_eq!(created["status"], 201);
+    let mut secrets = vec![token.clone(), user.to_string()];
+    for k in created["keys"].as_array().unwrap() {
+        let uri = k["uri"].as_str().unwrap().to_owned();
+        let got = s.call("retrieve", &uri, json!({})).await;
+        assert_eq!(got["status"], 200);
+        secrets.push(k["jwk"]["k"].as_str().unwrap().to_owned());
+        secrets.push(uri.rsplit('/').next().unwrap().to_owned());
+        secrets.push(uri);
+    }
+    // A 4xx: a bad body.
+    let r = a
+        .http()
+        .post(format!("{}/kms/messages", a.base()))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let after = scrape().await;
+    // handshake + create + 3 retrieves
+    assert!(value(&after, posts) >= before_posts + 5.0, "{after}");
+    assert!(
+        value(
+            &after,
+            r#"strongroom_http_requests_total{route="messages",method="POST",status="4xx"}"#
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &after,
+            r#"strongroom_http_request_duration_seconds_count{route="messages"}"#
+        ) >= 6.0
+    );
+    assert_eq!(value(&after, "strongroom_keys_stored"), 3.0);
+    assert!(value(&after, "strongroom_channels_live") >= 1.0);
+    assert!(value(&after, "strongroom_audit_records") > value(&before, "strongroom_audit_records"));
+    assert_eq!(value(&after, "strongroom_storage_healthy"), 1.0);
+    assert_eq!(value(&after, "strongroom_hsm_connected"), 1.0);
+    assert!(after.contains("strongroom_build_info{version="), "{after}");
+    for secret in &secrets {
+        assert!(!after.contains(secret.as_str()), "/metrics leaks {secret}");
+    }
+    assert!(!after.contains("kms://"), "no URIs at all in /metrics");
+    // Not on the KMS listener: clients of the KMS do not see traffic figures.
+    let r = a
+        .http()
+        .get(format!("{}/metrics", a.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    a.stop();
+}
+
+/// `config check` refuses an unknown key, a wrong version and group- or world-readable
+/// secret files (PIN, SO PIN, TLS key), each with a message naming the problem.
+#[test]
+fn config_check_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _issuer = hsm_dir(d);
+    let a = Appliance::new(d, "a");
+    a.init();
+    let good = std::fs::read_to_string(&a.config).unwrap();
+    let ok = a.run(&["config", "check"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    let refused = |text: &str, needle: &str| {
+        std::fs::write(&a.config, text).unwrap();
+        let out = a.run(&["config", "check"]);
+        assert!(!out.status.success(), "accepted: {text}");
+        assert!(
+            stderr(&out).contains(needle),
+            "{needle:?} not in: {}",
+            stderr(&out)
+        );
+        std::fs::write(&a.config, &good).unwrap();
+    };
+    refused(
+        &good.replace("rsa_bits = 2048", "rsa_bits = 2048\npin = \"1234\""),
+        "pin",
+    );
+    refused(&format!("{good}\n[extra]\nx = 1\n"), "extra");
+    refused(&good.replace("[metrics]", "[metrics]\nport = 1"), "port");
+    refused(
+        &good.replace("version = 1", "version = 2"),
+        "unsupported config version 2",
+    );
+    refused(&good.replace("version = 1\n", ""), "version");
+
+    for (file, field) in [
+        ("pin", "hsm.pin_file"),
+        ("so-pin", "hsm.so_pin_file"),
+        ("a/tls/key.pem", "tls.private_key"),
+    ] {
+        let p = d.join(file);
+        for mode in [0o640, 0o604] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let out = a.run(&["config", "check"]);
+            assert!(!out.status.success(), "{file} mode {mode:o} accepted");
+            let e = stderr(&out);
+            assert!(
+                e.contains(field) && e.contains("readable by group or others"),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert!(a.run(&["config", "check"]).status.success());
+}
