@@ -6,7 +6,7 @@
 //! The service must be stopped: the backup takes the audit log's lock and redb's exclusive
 //! lock for as long as it reads, so what it copies is one consistent state.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
@@ -345,11 +345,11 @@ fn open_archive(bytes: &[u8], hsm: &Hsm, mechanism: WrapMechanism) -> anyhow::Re
             manifest.format
         );
     }
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     let mut files = Vec::with_capacity(manifest.files.len());
     for e in &manifest.files {
         check_name(&e.name)?;
-        if seen.insert(e.name.clone(), ()).is_some() {
+        if !seen.insert(e.name.clone()) {
             bail!("the backup names {} twice", e.name);
         }
         let body = take(&mut p, usize::try_from(e.size)?, &e.name)?;

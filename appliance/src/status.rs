@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::serve::{ensure_softhsm_env, hsm_config};
 
 /// A certificate expiring sooner than this is a warning.
-const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+const EXPIRY_WARNING: Duration = Duration::from_hours(30 * 24);
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -40,7 +40,8 @@ enum Level {
 
 #[derive(Debug, Serialize)]
 struct Check {
-    check: &'static str,
+    #[serde(rename = "check")]
+    name: &'static str,
     status: Level,
     detail: String,
 }
@@ -51,7 +52,7 @@ struct Report(Vec<Check>);
 impl Report {
     fn add(&mut self, check: &'static str, status: Level, detail: impl Into<String>) {
         self.0.push(Check {
-            check,
+            name: check,
             status,
             detail: detail.into(),
         });
@@ -76,7 +77,7 @@ fn dir_size(dir: &Path) -> (u64, u64) {
                     files += f;
                 }
                 Ok(t) if t.is_file() => {
-                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    bytes += e.metadata().map_or(0, |m| m.len());
                     files += 1;
                 }
                 _ => {}
@@ -291,7 +292,7 @@ fn gather(args: &StatusArgs, report: &mut Report) {
     report.result(
         "storage",
         if store.exists() {
-            let size = std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(&store).map_or(0, |m| m.len());
             match strongroom_kms::storage::RedbStore::count_keys(&store) {
                 Ok(n) => Ok((Level::Ok, format!("{size} bytes, {n} keys"))),
                 Err(strongroom_kms::storage::StorageError::InUse) => Ok((
@@ -366,7 +367,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         .0
         .iter()
         .filter(|c| c.status == Level::Fail)
-        .map(|c| c.check)
+        .map(|c| c.name)
         .collect();
     if args.json {
         let out = serde_json::json!({"ok": failed.is_empty(), "checks": report.0});
@@ -378,7 +379,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 Level::Warn => "WARN",
                 Level::Fail => "FAIL",
             };
-            println!("{tag} {:<18} {}", c.check, c.detail);
+            println!("{tag} {:<18} {}", c.name, c.detail);
         }
     }
     if failed.is_empty() {

@@ -175,8 +175,7 @@ impl Kms {
         let now = self.now_ms();
         self.channels
             .read()
-            .map(|m| m.values().filter(|c| c.expires_ms > now).count())
-            .unwrap_or(0)
+            .map_or(0, |m| m.values().filter(|c| c.expires_ms > now).count())
     }
 
     pub(crate) fn now_ms(&self) -> i64 {

@@ -588,6 +588,7 @@ async fn status_on_healthy_and_broken_setups() {
 /// `/metrics` (R14): scraped during real traffic, the counters move; nothing in it is a
 /// bearer token, key material, a user ID or a key URI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::float_cmp)] // the gauges compared are small integers, exact in f64
 async fn metrics_move_with_traffic_and_carry_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
