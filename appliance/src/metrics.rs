@@ -267,7 +267,12 @@ mod tests {
         assert_eq!(route_index("/kms/messages"), 0);
         assert_eq!(route_index("/kms/3f0c1a52-6a0e-4c55-9d7e-1f2a3b4c5d6e"), 1);
         assert_eq!(route_index("/healthz"), 2);
-        assert_eq!(route_index("/kms://x/keys/secret"), 1);
+        assert_eq!(
+            route_index("/kms/x/keys/secret"),
+            1,
+            "the path itself is never a label"
+        );
+        assert_eq!(route_index("/kms:/x"), 3);
         assert_eq!(route_index("/anything"), 3);
         assert_eq!(class_index(200), 1);
         assert_eq!(class_index(499), 3);
