@@ -121,8 +121,13 @@ impl RedbStore {
 
     /// Number of keys in a database file no process has open (`strongroom status`);
     /// [`StorageError::InUse`] while the service runs.
+    /// Opened read-only: a database that needs recovery is reported, not repaired.
     pub fn count_keys(path: &Path) -> Result<u64, StorageError> {
-        let db = open_existing(path)?;
+        let db = match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StorageError::InUse),
+            Err(e) => return Err(backend(e)),
+        };
         let r = db.begin_read().map_err(backend)?;
         r.open_table(KEYS).map_err(backend)?.len().map_err(backend)
     }

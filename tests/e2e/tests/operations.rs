@@ -435,6 +435,16 @@ async fn backup_and_restore_round_trip_and_refusals() {
         "restored audit log verifies: {}",
         stderr(&out)
     );
+    // The TLS key comes back byte-identical and owner-only.
+    assert_eq!(
+        std::fs::read_to_string(b.tls_dir.join("key.pem")).unwrap(),
+        tls_key
+    );
+    let mode = std::fs::metadata(b.tls_dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     b.start().await;
     let s = b.session(&issuer, user).await;
     let again = s.call("retrieve", &uri, json!({})).await;
