@@ -103,8 +103,8 @@ pub struct Snapshot {
 impl RedbStore {
     /// A consistent copy of a database file for `strongroom backup`: opens it (taking
     /// redb's exclusive file lock, so a running service makes this fail with
-    /// [`StorageError::InUse`] instead of copying a file that is being written), checks it
-    /// and reads its bytes while holding the lock.
+    /// [`StorageError::InUse`] instead of copying a file that is being written), checks and
+    /// closes it cleanly, then reads its bytes under an exclusive lock of its own.
     pub fn snapshot(path: &Path) -> Result<Snapshot, StorageError> {
         let db = open_existing(path)?;
         let keys = {
@@ -114,8 +114,19 @@ impl RedbStore {
                 .len()
                 .map_err(backend)?
         };
-        let bytes = std::fs::read(path).map_err(backend)?;
+        // Close it cleanly first: the bytes of an open redb file carry its "needs
+        // recovery" mark. Then read under the same kind of lock redb takes (flock), so no
+        // process can open it for writing while we copy.
         drop(db);
+        let mut file = std::fs::File::open(path).map_err(backend)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse),
+            Err(std::fs::TryLockError::Error(e)) => return Err(backend(e)),
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(backend)?;
+        drop(file);
         Ok(Snapshot { bytes, keys })
     }
 
