@@ -22,6 +22,14 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     core: Option<RawCore>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: SocketAddr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +125,8 @@ pub struct Config {
     pub issuers: Vec<(String, PathBuf)>,
     /// The hosted core to dial out to (R3); `None` serves only the local HTTPS listener.
     pub core: Option<CoreConfig>,
+    /// Where `/metrics` is served (plain HTTP); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +223,7 @@ impl TryFrom<RawConfig> for Config {
             wrap_mechanism,
             rsa_bits: raw.hsm.rsa_bits,
             core,
+            metrics_listen: raw.metrics.map(|m| m.listen),
             issuers: raw
                 .auth
                 .issuers
@@ -240,6 +251,11 @@ impl Config {
         self.hsm_pin()?;
         if let Some(so) = &self.so_pin_file {
             crate::files::read_secret_file(so).context("hsm.so_pin_file")?;
+        }
+        // `strongroom init` writes a trial TLS key when there is none; one that exists must
+        // be readable by its owner only.
+        if self.tls_private_key.exists() {
+            crate::files::read_secret_file(&self.tls_private_key).context("tls.private_key")?;
         }
         if !self.hsm_module.exists() {
             bail!("hsm.module {} does not exist", self.hsm_module.display());
@@ -318,6 +334,11 @@ rsa_bits = 3072
 [[auth.issuers]]
 issuer = "https://idp.example.com"
 jwks_file = "/etc/strongroom/idp-jwks.json"
+
+# Prometheus metrics (plain HTTP, GET /metrics; no secrets, user IDs or key URIs). Keep it
+# on loopback, or firewall it; remove the section to serve no metrics.
+[metrics]
+listen = "127.0.0.1:9464"
 
 # The hosted core this realm dials out to (no inbound port is needed). Only the roots in
 # pinned_roots are trusted, each must have pathLenConstraint 0, and chains with an

@@ -4,7 +4,7 @@
 //! backoff and full jitter. No inbound port is needed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -31,9 +31,14 @@ pub enum CoreState {
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct Health(Arc<AtomicU8>);
+pub struct Health(Arc<AtomicU8>, Arc<AtomicU64>);
 
 impl Health {
+    /// Connection attempts after the first (for `/metrics`).
+    pub fn reconnects(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
     pub fn get(&self) -> CoreState {
         if self.0.load(Ordering::Relaxed) == 1 {
             CoreState::Connected
@@ -86,6 +91,7 @@ impl DialOut {
             let jitter = rand_below(u64::try_from(backoff.as_millis()).unwrap_or(30_000));
             tokio::time::sleep(Duration::from_millis(jitter)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+            self.health.1.fetch_add(1, Ordering::Relaxed);
         }
     }
 

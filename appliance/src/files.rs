@@ -14,7 +14,11 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Atomic, durable write with the given mode.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    // A bare file name has the parent "", which cannot be opened to fsync: use ".".
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
@@ -57,4 +61,18 @@ pub fn read_secret_string(path: &Path) -> anyhow::Result<secrecy::SecretString> 
     Ok(secrecy::SecretString::from(
         text.trim_end_matches(['\n', '\r']).to_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bare_file_name_is_written_in_the_current_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir.path()).unwrap();
+        let r = super::write_file(std::path::Path::new("bare.txt"), b"x", 0o600);
+        std::env::set_current_dir(here).unwrap();
+        r.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("bare.txt")).unwrap(), b"x");
+    }
 }

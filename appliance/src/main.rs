@@ -2,6 +2,7 @@
 //! (`strongroom-kms`, `strongroom-hsm`); see docs/ARCHITECTURE.md.
 
 mod audit_cli;
+mod backup;
 mod certs;
 mod config;
 mod dev;
@@ -9,9 +10,11 @@ mod dialout;
 mod files;
 mod identity;
 mod journal;
+mod metrics;
 mod pinning;
 mod serve;
 mod server;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +40,12 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// What is running and what is wrong, at a glance (exit 1 names the failed checks).
+    Status(status::StatusArgs),
+    /// Write an encrypted backup of the state (the service must be stopped).
+    Backup(backup::BackupArgs),
+    /// Restore a backup made with the same HSM keys.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +85,9 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => serve::init(&args),
         Command::Serve(args) => serve::serve(&args),
         Command::Config(ConfigCommand::Check(args)) => serve::config_check(&args),
+        Command::Status(args) => status::status(&args),
+        Command::Backup(args) => backup::backup(&args),
+        Command::Restore(args) => backup::restore(&args),
         Command::Audit(cmd) => match audit_cli::run(&cmd) {
             Ok(0) => Ok(()),
             Ok(code) => return std::process::ExitCode::from(code),

@@ -315,11 +315,23 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cfg.listen))?;
         tracing::info!(listen = %listener.local_addr()?, domain = %cfg.domain, "strongroom is serving (HTTPS)");
         let with_core = cfg.core.is_some();
+        let route_health = health.clone();
         let health_route = axum::routing::get(move |axum::extract::State(kms): axum::extract::State<Arc<Kms>>| {
-            let health = health.clone();
+            let health = route_health.clone();
             async move { health_answer(&kms, with_core.then(|| health.get())) }
         });
-        let app = strongroom_kms::http::routes(axum::Router::new().route("/healthz", health_route), kms);
+        let mut app = strongroom_kms::http::routes(axum::Router::new().route("/healthz", health_route), Arc::clone(&kms));
+        if let Some(addr) = cfg.metrics_listen {
+            let metrics = crate::metrics::Metrics::new(with_core);
+            app = app.layer(axum::middleware::from_fn_with_state(Arc::clone(&metrics), crate::metrics::Metrics::track));
+            let core = with_core.then(|| health.clone());
+            let m = tokio::spawn(crate::metrics::serve(addr, metrics, kms, core));
+            // A metrics listener that cannot bind is a configuration error: fail now.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if m.is_finished() {
+                return m.await?;
+            }
+        }
         server::serve_tls(listener, app, tls).await
     })
 }

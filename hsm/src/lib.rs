@@ -81,6 +81,7 @@ use secrecy::SecretString;
 pub use crate::config::{HsmConfig, KeyLabels, WrapMechanism};
 pub use crate::error::Error;
 pub use crate::ops::{RootKeyFlags, RsaPublicKey, RsaScheme};
+pub use crate::pool::PoolStats;
 
 /// A logged-in connection to one token. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
@@ -164,6 +165,11 @@ impl Hsm {
     /// sessions one by one; sessions other code in the process opened on the slot stay.
     pub fn close_all_sessions(&self) -> Result<(), Error> {
         self.inner.close_all()
+    }
+
+    /// Session pool figures (for `/metrics`).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.stats()
     }
 
     /// The label of the token this `Hsm` is logged in to.

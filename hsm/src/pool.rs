@@ -58,7 +58,34 @@ impl State {
     }
 }
 
+/// Session pool figures, for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Most idle sessions kept.
+    pub size: usize,
+    /// Idle sessions now.
+    pub idle: usize,
+    /// Logged in to the token (false after a lost connection, until the next reconnect).
+    pub connected: bool,
+    /// Reconnects since start.
+    pub reconnects: u64,
+}
+
 impl Inner {
+    pub(crate) fn stats(&self) -> PoolStats {
+        let (connected, generation) = {
+            let s = self.read();
+            (s.connected, s.generation)
+        };
+        PoolStats {
+            size: self.pool_size,
+            idle: self.idle().len(),
+            connected,
+            // The first connect is generation 1.
+            reconnects: generation.saturating_sub(1),
+        }
+    }
+
     /// Open the anchor session and log in.
     pub(crate) fn connect(
         module: Arc<Module>,

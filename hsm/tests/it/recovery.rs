@@ -220,3 +220,21 @@ fn rejected_pin_is_reported_and_not_retried() {
         .set_pin(&SecretString::from("new-user-pin-456"), &good_pin)
         .unwrap();
 }
+
+/// `pool_stats` (for `/metrics`) reports the login and counts recoveries.
+#[test]
+fn pool_stats_follow_close_and_recovery() {
+    let (hsm, _config) = hsm_with_keys("pool-stats");
+    let before = hsm.pool_stats();
+    assert!(before.connected);
+    assert_eq!(before.reconnects, 0);
+    assert!(before.size >= 1);
+    hsm.close_all_sessions().unwrap();
+    let closed = hsm.pool_stats();
+    assert!(!closed.connected, "{closed:?}");
+    assert_eq!(closed.idle, 0);
+    hsm.ecdsa_p256_sign(b"m").unwrap();
+    let after = hsm.pool_stats();
+    assert!(after.connected, "{after:?}");
+    assert!(after.reconnects > before.reconnects, "{after:?}");
+}

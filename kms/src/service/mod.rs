@@ -169,6 +169,15 @@ impl Kms {
         &self.store
     }
 
+    /// Unexpired channels held in memory (for `/metrics`; a channel only in the store,
+    /// e.g. after a restart, is counted once it is used again).
+    pub fn live_channels(&self) -> usize {
+        let now = self.now_ms();
+        self.channels
+            .read()
+            .map_or(0, |m| m.values().filter(|c| c.expires_ms > now).count())
+    }
+
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }

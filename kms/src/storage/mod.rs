@@ -19,7 +19,7 @@ use std::pin::Pin;
 use uuid::Uuid;
 
 pub use records::{AuthId, StoredAuth, StoredChannel, StoredKey, StoredResource};
-pub use redb_store::RedbStore;
+pub use redb_store::{RedbStore, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,6 +30,9 @@ pub enum StorageError {
     Corrupt(&'static str),
     #[error("the storage committer has stopped")]
     Stopped,
+    /// Another process (the running service) has the database open.
+    #[error("the database is in use by another process (is the service running?)")]
+    InUse,
 }
 
 /// One write. Each variant documents its precondition; a failed precondition is reported

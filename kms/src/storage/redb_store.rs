@@ -92,6 +92,77 @@ impl RedbStore {
     }
 }
 
+/// What [`RedbStore::snapshot`] found.
+pub struct Snapshot {
+    /// The database file's bytes, read while this process held redb's exclusive lock.
+    pub bytes: Vec<u8>,
+    /// Number of stored keys at the snapshot.
+    pub keys: u64,
+}
+
+impl RedbStore {
+    /// A consistent copy of a database file for `strongroom backup`: opens it (taking
+    /// redb's exclusive file lock, so a running service makes this fail with
+    /// [`StorageError::InUse`] instead of copying a file that is being written), checks and
+    /// closes it cleanly, then reads its bytes under an exclusive lock of its own.
+    pub fn snapshot(path: &Path) -> Result<Snapshot, StorageError> {
+        let db = open_existing(path)?;
+        let keys = {
+            let r = db.begin_read().map_err(backend)?;
+            r.open_table(KEYS)
+                .map_err(backend)?
+                .len()
+                .map_err(backend)?
+        };
+        // Close it cleanly first: the bytes of an open redb file carry its "needs
+        // recovery" mark. Then read under the same kind of lock redb takes (flock), so no
+        // process can open it for writing while we copy.
+        drop(db);
+        let mut file = std::fs::File::open(path).map_err(backend)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse),
+            Err(std::fs::TryLockError::Error(e)) => return Err(backend(e)),
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(backend)?;
+        drop(file);
+        Ok(Snapshot { bytes, keys })
+    }
+
+    /// Number of keys in a database file no process has open (`strongroom status`);
+    /// [`StorageError::InUse`] while the service runs.
+    /// Opened read-only: a database that needs recovery is reported, not repaired.
+    pub fn count_keys(path: &Path) -> Result<u64, StorageError> {
+        let db = match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StorageError::InUse),
+            Err(e) => return Err(backend(e)),
+        };
+        let r = db.begin_read().map_err(backend)?;
+        r.open_table(KEYS).map_err(backend)?.len().map_err(backend)
+    }
+}
+
+fn open_existing(path: &Path) -> Result<Database, StorageError> {
+    if !path.exists() {
+        return Err(StorageError::Backend(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    match Database::builder().open(path) {
+        Ok(mut db) => {
+            if !db.check_integrity().map_err(backend)? {
+                tracing::warn!("redb integrity check repaired the database");
+            }
+            Ok(db)
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StorageError::InUse),
+        Err(e) => Err(backend(e)),
+    }
+}
+
 fn committer(db: &Database, rx: &mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];

@@ -5,3 +5,4 @@ mod audit;
 mod fixture;
 mod jose_vectors;
 mod service;
+mod snapshot;

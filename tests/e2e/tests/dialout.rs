@@ -153,6 +153,11 @@ async fn kms_traffic_flows_through_the_core_and_survives_a_core_restart() {
         .local_addr()
         .unwrap()
         .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = format!(
         r#"version = 1
 [kms]
@@ -168,6 +173,8 @@ pin_file = "{dir}/pin"
 so_pin_file = "{dir}/so-pin"
 softhsm2_conf = "{dir}/softhsm2.conf"
 rsa_bits = 2048
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 [[auth.issuers]]
 issuer = "{iss}"
 jwks_file = "{dir}/jwks.json"
@@ -310,6 +317,26 @@ pinned_roots = "{dir}/good-root.pem"
         ok,
         "traffic resumed after the core restarted, without anyone touching the realm"
     );
+    // `/metrics` shows the connection up again and the reconnect counted.
+    let metrics = strongroom_e2e::http_client()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(gauge("strongroom_dialout_configured"), 1);
+    assert_eq!(gauge("strongroom_dialout_connected"), 1);
+    assert!(gauge("strongroom_dialout_reconnects") >= 1, "{metrics}");
 
     // A core presenting a certificate from an unpinned root is never connected to.
     drop(core);
