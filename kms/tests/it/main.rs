@@ -4,4 +4,5 @@
 mod audit;
 mod fixture;
 mod jose_vectors;
+mod membership;
 mod service;
