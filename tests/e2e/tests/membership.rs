@@ -52,6 +52,16 @@ impl Drop for Proc {
 }
 
 fn start_core(dir: &Path, port: u16, abort_after_receipt: bool) -> (Proc, Value) {
+    start_core_with(dir, port, abort_after_receipt, "realm-token")
+}
+
+/// `token_file`: the realm token this core expects (another one locks the realm out).
+fn start_core_with(
+    dir: &Path,
+    port: u16,
+    abort_after_receipt: bool,
+    token_file: &str,
+) -> (Proc, Value) {
     let mut cmd = Command::new(core_sim_bin().unwrap());
     cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--state"])
         .arg(dir.join("core-state"))
@@ -60,10 +70,7 @@ fn start_core(dir: &Path, port: u16, abort_after_receipt: bool) -> (Proc, Value)
         .arg("--tls-key")
         .arg(dir.join("leaf.key"))
         .arg("--realm")
-        .arg(format!(
-            "kms://{DOMAIN}={}",
-            dir.join("realm-token").display()
-        ))
+        .arg(format!("kms://{DOMAIN}={}", dir.join(token_file).display()))
         .arg("--admin-token-file")
         .arg(dir.join("admin-token"))
         .args(["--reconcile-interval-s", "2"])
@@ -339,6 +346,7 @@ async fn two_part_membership_through_the_real_core_and_realm() {
         ("Alice", "alice"),
         ("Bob", "bob"),
         ("Carol", "carol"),
+        ("Dave", "dave"),
         ("Eve", "eve"),
     ] {
         w.admin(
@@ -371,6 +379,7 @@ async fn two_part_membership_through_the_real_core_and_realm() {
     let alice = w.login("alice@acme.test").await;
     let bob = w.login("bob@acme.test").await;
     let carol = w.login("carol@acme.test").await;
+    let dave = w.login("dave@acme.test").await;
     let eve = w.login("eve@acme.test").await;
 
     // Alice: a key, a resource, a room bound to it (resource first, then the room).
@@ -507,7 +516,7 @@ async fn two_part_membership_through_the_real_core_and_realm() {
     assert!(crashed.is_err(), "the core aborted mid-change");
     drop(core);
     // Restart normally: the realm reconnects, reconciliation settles carol's add.
-    let (_core, _) = start_core(d, core_port, false);
+    let (core, _) = start_core(d, core_port, false);
     w.wait_connected().await;
     let deadline = Instant::now() + Duration::from_mins(1);
     while !w.members(&alice, room).await.contains(&carol.id) {
@@ -552,4 +561,43 @@ async fn two_part_membership_through_the_real_core_and_realm() {
         "{auths}"
     );
     assert!(auths.to_string().contains(&alice.id.to_string()));
+
+    // Crash again, and while the realm is away the actor is deactivated: the core's
+    // checks no longer hold, so reconciliation undoes the add the KMS applied.
+    drop(core);
+    let (core, _) = start_core(d, core_port, true);
+    w.wait_connected().await;
+    let (dpart, _) = membership_part(&alice.kms, "add", &resource, dave.id, room).unwrap();
+    let crashed = w
+        .http
+        .post(format!("{core_url}/rooms/{room}/members"))
+        .bearer_auth(&alice.core_token)
+        .json(&json!({"user_id": dave.id, "kms_part": dpart}))
+        .send()
+        .await;
+    assert!(crashed.is_err(), "the core aborted mid-change");
+    drop(core);
+    strongroom_e2e::secret_file(&d.join("other-token"), "not-the-realm-token-0123456789\n")
+        .unwrap();
+    let (locked_out, _) = start_core_with(d, core_port, false, "other-token");
+    w.admin(&format!("/admin/users/{}/deactivate", alice.id), json!({}))
+        .await;
+    drop(locked_out);
+    let (_core, _) = start_core(d, core_port, false);
+    w.wait_connected().await;
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while w.can_read(&dave, &key_uri).await {
+        assert!(
+            Instant::now() < deadline,
+            "reconciliation did not undo dave's add"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(d.join("core-state/state.json")).unwrap()).unwrap();
+    let members = state["rooms"][room.to_string()]["members"].to_string();
+    assert!(
+        !members.contains(&dave.id.to_string()),
+        "the core did not apply it either"
+    );
 }
