@@ -127,9 +127,16 @@ pub async fn deactivate(
     let mut delivered = Vec::new();
     for realm in &realms {
         if s.0.hub.is_connected(realm) {
-            match super::membership::deliver_deprovisions(&s, realm).await {
-                Ok(()) => delivered.push(realm.clone()),
-                Err(e) => tracing::warn!(realm, error = %e, "deprovisioning not delivered yet"),
+            if let Err(e) = super::membership::deliver_deprovisions(&s, realm).await {
+                tracing::warn!(realm, error = %e, "deprovisioning not delivered yet");
+            }
+            let still_pending = s.0.db.read(|m| {
+                Ok(m.pending_deprovisions
+                    .get(realm)
+                    .is_some_and(|users| users.contains(&id)))
+            })?;
+            if !still_pending {
+                delivered.push(realm.clone());
             }
         }
     }
