@@ -440,3 +440,50 @@ async fn a_deprovisioning_statement_removes_every_authorization_of_the_user() {
     assert!(!can_read(&e.kms, &cb, &key2).await);
     assert!(can_read(&e.kms, &ca, &key1).await, "others keep theirs");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_audit_record_no_change_and_no_receipt() {
+    let e = env("m-audit").await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
+    let (res, key) = resource(&e, &ca).await;
+    let room = Uuid::new_v4();
+    let n = nonce();
+    let part = add_part(&ca, &res, bob, room, &n);
+    e.fail.set(true);
+    // The first failed record marks the log unwritable (as in audit.rs).
+    let _ = call(&e.kms, &ca, "retrieve", &key, json!({})).await;
+    assert!(!e.kms.audit().health().writable);
+    let (body, receipt) = forward(&e.kms, &ca, room, alice, &part).await;
+    assert_eq!(body["status"], 503, "{body}");
+    assert!(receipt.is_none(), "no receipt without an audit record");
+    assert!(
+        e.kms.store().membership(&b64d_16(&n)).unwrap().is_none(),
+        "nothing written"
+    );
+    assert!(matches!(
+        e.kms.membership_confirm(&n).await,
+        Err(FrameError::UnknownNonce | FrameError::Unavailable)
+    ));
+    e.fail.set(false);
+    for _ in 0..50 {
+        if e.kms.audit().health().writable {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (body, receipt) = forward(&e.kms, &ca, room, alice, &part).await;
+    assert_eq!(
+        body["status"], 201,
+        "the refused part did not burn its nonce: {body}"
+    );
+    assert!(receipt.is_some());
+    assert!(can_read(&e.kms, &cb, &key).await);
+}
+
+fn b64d_16(s: &str) -> [u8; 16] {
+    strongroom_kms::jose::b64d("nonce", s)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
