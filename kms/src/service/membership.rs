@@ -169,7 +169,9 @@ impl Kms {
             )));
         }
         // Leaving is always allowed; anything else needs an authorization on the resource.
-        if !(op == MembershipOp::Remove && subject == caller.user) {
+        // Only an authorized actor's change binds an unbound resource to the room.
+        let authorized = self.is_authorized(caller.user, resource)?;
+        if !(authorized || (op == MembershipOp::Remove && subject == caller.user)) {
             self.require_authorized(caller, resource)?;
         }
         if self.store.room_of(resource)?.is_some_and(|r| r != room) {
@@ -194,7 +196,13 @@ impl Kms {
             at_ms: now,
             state_ms: now,
         };
-        let out = self.store.apply(vec![Write::Membership(record)]).await?;
+        let out = self
+            .store
+            .apply(vec![Write::Membership {
+                record,
+                bind_room: authorized,
+            }])
+            .await?;
         let m = match out.into_iter().next() {
             Some(WriteOutcome::Membership(m)) => *m,
             Some(WriteOutcome::Conflict("nonce")) => return Err(KmsError::Replay),

@@ -74,7 +74,12 @@ pub enum Write {
     /// an unbound resource is bound to it); then the authorization is added (`add`, an
     /// existing one is kept and `auth` stays `None`) or removed, and the record stored in
     /// state `Applied`, all in the same transaction. Outcome `Membership(record)`.
-    Membership(StoredMembership),
+    /// `bind_room` false: an unbound resource stays unbound (a leave by someone holding no
+    /// authorization must not claim the resource for a room).
+    Membership {
+        record: StoredMembership,
+        bind_room: bool,
+    },
     /// Moves a membership record to `state`. `Confirmed` only from `Applied`; `Undone`
     /// only for an add (from `Applied` or `Confirmed`), removing the authorization it
     /// created if it is still that one. Idempotent: the same state again is a no-op.

@@ -278,7 +278,7 @@ fn apply_one(txn: &redb::WriteTransaction, w: Write) -> Result<WriteOutcome, Sto
                 .transpose()?;
             Ok(WriteOutcome::Removed(removed))
         }
-        Write::Membership(m) => apply_membership(txn, m),
+        Write::Membership { record, bind_room } => apply_membership(txn, record, bind_room),
         Write::SetMembershipState {
             nonce,
             state,
@@ -342,6 +342,7 @@ fn room_bound(txn: &redb::WriteTransaction, resource: Uuid) -> Result<bool, Stor
 fn apply_membership(
     txn: &redb::WriteTransaction,
     mut m: StoredMembership,
+    bind_room: bool,
 ) -> Result<WriteOutcome, StorageError> {
     let nonce = u128::from_be_bytes(m.nonce);
     let mut memberships = txn.open_table(MEMBERSHIPS).map_err(backend)?;
@@ -365,6 +366,7 @@ fn apply_membership(
     match bound {
         Some(r) if r != m.room.as_u128() => return Ok(WriteOutcome::Conflict("room")),
         Some(_) => {}
+        None if !bind_room => {}
         None => {
             rooms
                 .insert(m.resource.as_u128(), m.room.as_u128())

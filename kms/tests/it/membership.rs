@@ -262,6 +262,29 @@ async fn a_core_token_and_a_non_member_actor_are_refused() {
     }
     assert!(!can_read(&e.kms, &cb, &key).await);
     assert!(!can_read(&e.kms, &ce, &key).await);
+    // Eve "leaving" a room she holds nothing in is harmless and does not claim the
+    // resource for her room: alice's plain authorizations still work (not room-bound).
+    let eves_room = Uuid::new_v4();
+    let (body, _) = forward(
+        &e.kms,
+        &ce,
+        eves_room,
+        eve,
+        &remove_part(&ce, &res, eve, eves_room, &nonce()),
+    )
+    .await;
+    assert_eq!(body["status"], 200, "{body}");
+    assert_eq!(
+        e.kms
+            .store()
+            .room_of(
+                strongroom_kms::uri::Uris::new(fixture::DOMAIN)
+                    .resource_id(&res)
+                    .unwrap()
+            )
+            .unwrap(),
+        None
+    );
     // A KMS part sent through the plain relay is not a membership change.
     let part = add_part(&ca, &res, bob, room, &nonce());
     let body = ca.open(&e.kms.handle(&part).await).unwrap();
