@@ -63,6 +63,72 @@ enum Incoming {
         #[serde(rename = "kmsMessages")]
         kms_messages: Vec<String>,
     },
+    /// Two-part membership change (R10), docs/protocol.md.
+    #[serde(rename = "membership.request")]
+    MembershipRequest {
+        id: String,
+        room: String,
+        actor: String,
+        #[serde(rename = "kmsMessage")]
+        kms_message: String,
+    },
+    #[serde(rename = "membership.confirm")]
+    MembershipConfirm { id: String, nonce: String },
+    #[serde(rename = "membership.undo")]
+    MembershipUndo { id: String, nonce: String },
+    #[serde(rename = "membership.pending")]
+    MembershipPending { id: String },
+    /// Directory sync (R24): the identity service's signed statement.
+    #[serde(rename = "membership.deprovision")]
+    MembershipDeprovision { id: String, statement: String },
+}
+
+/// Any frame's type and id, to answer `bad_frame` to a malformed membership frame.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Answers one membership frame (R10, R24); `None` for other frames.
+async fn membership_answer(kms: &Kms, frame: Incoming) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let result = |id: String, r: Result<Vec<String>, strongroom_kms::service::FrameError>| match r {
+        Ok(receipts) => json!({"type": "membership.result", "id": id, "receipts": receipts}),
+        Err(e) => {
+            json!({"type": "membership.error", "id": id, "error": e.code(), "message": e.to_string()})
+        }
+    };
+    Some(match frame {
+        Incoming::MembershipRequest {
+            id,
+            room,
+            actor,
+            kms_message,
+        } => {
+            let a = kms.membership_request(&room, &actor, &kms_message).await;
+            json!({"type": "membership.response", "id": id, "kmsMessage": a.kms_message,
+                   "receipt": a.receipt})
+        }
+        Incoming::MembershipConfirm { id, nonce } => {
+            result(id, kms.membership_confirm(&nonce).await.map(|r| vec![r]))
+        }
+        Incoming::MembershipUndo { id, nonce } => {
+            result(id, kms.membership_undo(&nonce).await.map(|r| vec![r]))
+        }
+        Incoming::MembershipPending { id } => result(id, kms.membership_pending().await),
+        Incoming::MembershipDeprovision { id, statement } => {
+            match kms.deprovision(&statement).await {
+                Ok(uris) => {
+                    json!({"type": "membership.deprovisioned", "id": id, "resourceUris": uris})
+                }
+                Err(e) => result(id, Err(e)),
+            }
+        }
+        Incoming::Welcome {} | Incoming::KmsRequest { .. } => return None,
+    })
 }
 
 pub struct DialOut {
@@ -181,7 +247,22 @@ impl DialOut {
                                     let _ = tx.send(Message::text(frame.to_string())).await;
                                 });
                             }
-                            Err(e) => tracing::warn!(error = %e, "ignoring an unknown frame from the core"),
+                            Ok(frame) => {
+                                let (kms, tx) = (Arc::clone(&self.kms), out_tx.clone());
+                                tokio::spawn(async move {
+                                    if let Some(answer) = membership_answer(&kms, frame).await {
+                                        let _ = tx.send(Message::text(answer.to_string())).await;
+                                    }
+                                });
+                            }
+                            Err(e) => match serde_json::from_str::<Envelope>(t.as_str()) {
+                                Ok(Envelope { kind, id: Some(id) }) if kind.starts_with("membership.") => {
+                                    let frame = serde_json::json!({"type": "membership.error", "id": id,
+                                        "error": "bad_frame", "message": "malformed membership frame"});
+                                    out_tx.send(Message::text(frame.to_string())).await?;
+                                }
+                                _ => tracing::warn!(error = %e, "ignoring an unknown frame from the core"),
+                            },
                         },
                         Message::Pong(_) => missed = 0,
                         Message::Close(_) => return Ok(()),

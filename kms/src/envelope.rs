@@ -33,6 +33,18 @@ pub struct Request {
     pub bound_after: Option<String>,
     #[serde(default)]
     pub bound_before: Option<String>,
+    /// R10: present only in the KMS part of a two-part membership change.
+    #[serde(default)]
+    pub membership: Option<MembershipPart>,
+}
+
+/// The `membership` member of a KMS part (protocol.md "Two-part membership change").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipPart {
+    pub op: String,
+    pub room: String,
+    pub nonce: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,6 +23,18 @@ pub enum KmsError {
     ForbiddenOther(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// R10: the core forwarded another room or actor than the KMS part names, or the
+    /// resource belongs to another room.
+    #[error("two-part membership change refused: {0}")]
+    MembershipMismatch(&'static str),
+    /// R10: a room-bound resource's authorizations change only through the two-part flow.
+    #[error(
+        "the authorizations of a room's resource change only through a two-part membership change"
+    )]
+    OutsideMembershipFlow,
+    /// R10: the KMS part's nonce was used before.
+    #[error("two-part membership change refused: nonce already used")]
+    Replay,
     #[error("ephemeral key expired or unknown: discard your ephemeral keys")]
     Reset,
     #[error("the audit log cannot record this decision; the request is refused")]
@@ -46,6 +58,9 @@ impl KmsError {
             Self::ForbiddenOther(_) => (403, 403_002),
             Self::NotFound(_) => (404, 404_001),
             Self::Conflict(_) => (409, 409_001),
+            Self::MembershipMismatch(_) => (403, 403_003),
+            Self::OutsideMembershipFlow => (403, 403_004),
+            Self::Replay => (409, 409_002),
             Self::Reset => (499, 499_000),
             Self::AuditUnavailable => (503, 503_001),
             Self::Internal(_) => (500, 500_000),

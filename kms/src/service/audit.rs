@@ -42,8 +42,10 @@ pub(crate) fn reason_of(e: &KmsError) -> Reason {
         KmsError::Unauthenticated(AuthError::WrongAudience) => Reason::WrongAudience,
         KmsError::Unauthenticated(_) | KmsError::UserMismatch => Reason::Unauthenticated,
         KmsError::Forbidden { .. } => Reason::NotMember,
-        KmsError::ForbiddenOther(_) => Reason::Forbidden,
-        KmsError::Conflict(_) => Reason::Conflict,
+        KmsError::ForbiddenOther(_)
+        | KmsError::MembershipMismatch(_)
+        | KmsError::OutsideMembershipFlow => Reason::Forbidden,
+        KmsError::Conflict(_) | KmsError::Replay => Reason::Conflict,
         KmsError::Reset => Reason::ChannelExpired,
         KmsError::AuditUnavailable => Reason::Unavailable,
         KmsError::Internal(_) => Reason::Internal,

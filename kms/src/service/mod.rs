@@ -7,7 +7,10 @@ mod audit;
 mod authz;
 mod ecdhe;
 mod keys;
+mod membership;
 mod resources;
+
+pub use membership::{FrameError, MembershipAnswer, deprovision_audience};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -197,11 +200,18 @@ impl Kms {
         };
         match jwe.alg {
             KeyAlg::RsaOaep => self.handle_handshake(jwe, compact).await,
-            KeyAlg::Dir => self.handle_on_channel(jwe).await,
+            KeyAlg::Dir => self.handle_on_channel(jwe, None, &mut None).await,
         }
     }
 
-    async fn handle_on_channel(&self, jwe: Jwe<'_>) -> String {
+    /// A request on a channel. `fwd`: what the core forwarded with a two-part membership
+    /// change (R10); `applied` receives the change record once applied and audited.
+    async fn handle_on_channel(
+        &self,
+        jwe: Jwe<'_>,
+        fwd: Option<&membership::Forwarded<'_>>,
+        applied: &mut Option<crate::storage::StoredMembership>,
+    ) -> String {
         let mut d = Decision::default();
         let channel = match jwe.kid().map(|k| self.uris.parse(k)) {
             Some(Ok(Target::Channel(id))) => self.channel(id),
@@ -220,7 +230,7 @@ impl Kms {
             Ok(r) => r,
             Err(_) => {
                 let e = KmsError::BadRequest("message body is not a valid KMS request".into());
-                return self.answer(&channel, d, Err(e), String::new()).await;
+                return self.answer(&channel, d, Err(e), String::new()).await.0;
             }
         };
         drop(plaintext);
@@ -230,19 +240,24 @@ impl Kms {
                 .refuse_signed(d, req.request_id, &KmsError::Reset)
                 .await;
         }
-        let result = self.dispatch(&channel, &req, &mut d).await;
-        self.answer(&channel, d, result, req.request_id).await
+        let result = self.dispatch(&channel, &req, &mut d, fwd, applied).await;
+        let (answer, recorded) = self.answer(&channel, d, result, req.request_id).await;
+        if !recorded {
+            // Not audited: no receipt leaves (R16). Reconciliation settles the change.
+            applied.take();
+        }
+        answer
     }
 
     /// Records the decision, then seals the answer on the channel; if the record cannot be
-    /// written the answer is a 503 refusal instead (fail closed).
+    /// written the answer is a 503 refusal instead (fail closed) and the flag is false.
     async fn answer(
         &self,
         channel: &Channel,
         mut d: Decision,
         result: Result<Response, KmsError>,
         request_id: String,
-    ) -> String {
+    ) -> (String, bool) {
         let (response, reason) = match result {
             Ok(r) => {
                 self.note_response(&mut d, &r);
@@ -254,8 +269,11 @@ impl Kms {
             ),
         };
         match self.record(d, response.status, reason).await {
-            Ok(()) => self.sealed(channel, &response),
-            Err(e) => self.sealed(channel, &self.error_response(request_id, &e)),
+            Ok(()) => (self.sealed(channel, &response), true),
+            Err(e) => (
+                self.sealed(channel, &self.error_response(request_id, &e)),
+                false,
+            ),
         }
     }
 
@@ -352,12 +370,27 @@ impl Kms {
         channel: &Channel,
         req: &Request,
         d: &mut Decision,
+        fwd: Option<&membership::Forwarded<'_>>,
+        applied: &mut Option<crate::storage::StoredMembership>,
     ) -> Result<Response, KmsError> {
         let caller = self.authenticate(req)?;
         d.caller = Some(caller.clone());
+        if let Some(fwd) = fwd {
+            if caller.user != channel.user {
+                return Err(KmsError::MembershipMismatch(
+                    "the bearer token's user does not own this channel",
+                ));
+            }
+            return self.membership_change(&caller, req, fwd, d, applied).await;
+        }
         if caller.user != channel.user {
             return Err(KmsError::ForbiddenOther(
                 "the bearer token's user does not own this channel".into(),
+            ));
+        }
+        if req.membership.is_some() {
+            return Err(KmsError::BadRequest(
+                "a membership change's KMS part must come through the core's two-part flow".into(),
             ));
         }
         let target = self.uris.parse(&req.uri)?;

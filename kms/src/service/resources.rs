@@ -155,6 +155,7 @@ impl Kms {
             .ok_or_else(|| KmsError::BadRequest("resourceUri is required".into()))?;
         let resource = self.uris.resource_id(uri)?;
         self.require_resource(caller, resource)?;
+        self.require_not_room_bound(resource)?;
         let ids = self.auth_ids(req)?;
         if ids.is_empty() {
             return Err(KmsError::BadRequest(
@@ -179,8 +180,18 @@ impl Kms {
                 )),
             )),
             Some(WriteOutcome::NotFound) => Err(KmsError::NotFound(uri.to_owned())),
+            Some(WriteOutcome::RoomBound) => Err(KmsError::OutsideMembershipFlow),
             other => Err(KmsError::Internal(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// R10: once a resource belongs to a room, its authorizations change only through the
+    /// two-part flow (checked again inside the write transaction).
+    fn require_not_room_bound(&self, resource: Uuid) -> Result<(), KmsError> {
+        if self.store.room_of(resource)?.is_some() {
+            return Err(KmsError::OutsideMembershipFlow);
+        }
+        Ok(())
     }
 
     pub(super) fn list_authorizations(
@@ -208,6 +219,7 @@ impl Kms {
         rid: String,
     ) -> Result<Response, KmsError> {
         self.require_resource(caller, resource)?;
+        self.require_not_room_bound(resource)?;
         let a = self.parse_auth_id(auth_id)?;
         let out = self
             .store
@@ -226,6 +238,7 @@ impl Kms {
                 "{auth_id} holds no authorization on {}",
                 self.uris.resource(resource)
             ))),
+            Some(WriteOutcome::RoomBound) => Err(KmsError::OutsideMembershipFlow),
             other => Err(KmsError::Internal(format!("unexpected outcome {other:?}"))),
         }
     }

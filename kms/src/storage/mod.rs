@@ -18,7 +18,10 @@ use std::pin::Pin;
 
 use uuid::Uuid;
 
-pub use records::{AuthId, StoredAuth, StoredChannel, StoredKey, StoredResource};
+pub use records::{
+    AuthId, MembershipOp, MembershipState, StoredAuth, StoredChannel, StoredKey, StoredMembership,
+    StoredResource,
+};
 pub use redb_store::{RedbStore, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +60,44 @@ pub enum Write {
         at_ms: i64,
     },
     /// Adds authorizations; an `auth_id` already present is kept (merged), and the existing
-    /// record is returned in its place.
+    /// record is returned in its place. Outcome `RoomBound` if the resource is bound to a
+    /// room (R10: its authorizations change only through the two-part flow).
     AddAuths {
         resource: Uuid,
         auths: Vec<StoredAuth>,
     },
-    /// Removes one authorization; outcome `Removed(Some(..))` or `Removed(None)`.
+    /// Removes one authorization; outcome `Removed(Some(..))` or `Removed(None)`, or
+    /// `RoomBound` as for `AddAuths`.
     RemoveAuth {
         resource: Uuid,
         auth_id: AuthId,
+    },
+    /// A two-part membership change (R10): the nonce must be unused (else `Conflict`
+    /// "nonce"), the resource unbound or bound to `change.room` (else `Conflict` "room";
+    /// an unbound resource is bound to it); then the authorization is added (`add`, an
+    /// existing one is kept and `auth` stays `None`) or removed, and the record stored in
+    /// state `Applied`, all in the same transaction. Outcome `Membership(record)`.
+    /// `bind_room` false: an unbound resource stays unbound (a leave by someone holding no
+    /// authorization must not claim the resource for a room).
+    Membership {
+        record: StoredMembership,
+        bind_room: bool,
+    },
+    /// Moves a membership record to `state`. `Confirmed` only from `Applied`; `Undone`
+    /// only for an add (from `Applied` or `Confirmed`), removing the authorization it
+    /// created if it is still that one. Idempotent: the same state again is a no-op.
+    /// Outcome `Membership(record as it now is)`, `NotFound`, or `Conflict` "remove_is_final"
+    /// / "undone".
+    SetMembershipState {
+        nonce: [u8; 16],
+        state: MembershipState,
+        at_ms: i64,
+    },
+    /// Deprovisioning (R24): removes every authorization naming `user` created at or before
+    /// `created_until_ms`, on every resource. Outcome `RemovedMany`.
+    RemoveUserAuths {
+        user: Uuid,
+        created_until_ms: i64,
     },
     PutChannel(StoredChannel),
     DeleteChannel(Uuid),
@@ -83,6 +115,9 @@ pub enum WriteOutcome {
     Removed(Option<StoredAuth>),
     NotFound,
     Conflict(&'static str),
+    RoomBound,
+    Membership(Box<StoredMembership>),
+    RemovedMany(Vec<StoredAuth>),
 }
 
 pub type WriteFuture<'a> =
@@ -102,6 +137,11 @@ pub trait Store: Send + Sync + 'static {
         auth_id: &AuthId,
     ) -> Result<Option<StoredAuth>, StorageError>;
     fn channel(&self, id: Uuid) -> Result<Option<StoredChannel>, StorageError>;
+    /// The room a resource is bound to by its first two-part membership change (R10).
+    fn room_of(&self, resource: Uuid) -> Result<Option<Uuid>, StorageError>;
+    fn membership(&self, nonce: &[u8; 16]) -> Result<Option<StoredMembership>, StorageError>;
+    /// Membership changes still in state `Applied` (not confirmed nor undone).
+    fn pending_memberships(&self) -> Result<Vec<StoredMembership>, StorageError>;
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Number of stored keys (status and benchmarks).
     fn key_count(&self) -> Result<u64, StorageError>;

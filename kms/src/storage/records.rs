@@ -62,6 +62,60 @@ pub struct StoredAuth {
     pub created_ms: i64,
 }
 
+/// A two-part membership change (R10), keyed by its nonce: the record of every nonce ever
+/// used (kept forever, so a replay is refused even after a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMembership {
+    pub nonce: [u8; 16],
+    pub room: Uuid,
+    pub resource: Uuid,
+    pub op: MembershipOp,
+    pub subject: Uuid,
+    pub actor: Uuid,
+    /// The authorization the change created (add) or removed (remove); `None` when the
+    /// subject already held one (add) or held none (remove): nothing to undo.
+    pub auth: Option<Uuid>,
+    pub state: MembershipState,
+    pub at_ms: i64,
+    /// When the state last changed.
+    pub state_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipOp {
+    Add,
+    Remove,
+}
+
+impl MembershipOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Add => "add",
+            Self::Remove => "remove",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipState {
+    /// The KMS applied it; the core has not confirmed yet.
+    Applied,
+    /// The core applied it too.
+    Confirmed,
+    /// The core could not apply an add; the authorization it created is gone.
+    Undone,
+}
+
+impl MembershipState {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Confirmed => "confirmed",
+            Self::Undone => "undone",
+        }
+    }
+}
+
 /// An ECDHE channel key (R2), persisted so clients keep their channel across restarts.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredChannel {

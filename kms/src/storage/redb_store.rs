@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::records::{decode, encode};
 use super::{
-    AuthId, StorageError, Store, StoredAuth, StoredChannel, StoredKey, StoredResource, Write,
-    WriteFuture, WriteOutcome,
+    AuthId, MembershipOp, MembershipState, StorageError, Store, StoredAuth, StoredChannel,
+    StoredKey, StoredMembership, StoredResource, Write, WriteFuture, WriteOutcome,
 };
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -25,6 +25,12 @@ const RESOURCE_KEYS: TableDefinition<(u128, u128), i64> = TableDefinition::new("
 /// (resource, auth id storage key) -> authorization record.
 const AUTHS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("authorizations");
 const CHANNELS: TableDefinition<u128, &[u8]> = TableDefinition::new("channels");
+/// nonce -> two-part membership change record (R10). Every nonce ever used, forever.
+const MEMBERSHIPS: TableDefinition<u128, &[u8]> = TableDefinition::new("memberships");
+/// nonce -> change time: the changes still in state `Applied` (reconciliation).
+const PENDING: TableDefinition<u128, i64> = TableDefinition::new("memberships_pending");
+/// resource -> room: set by the resource's first two-part change.
+const ROOM_OF: TableDefinition<u128, u128> = TableDefinition::new("resource_room");
 
 /// Most jobs one transaction takes; bounds latency under extreme load.
 const MAX_GROUP: usize = 4096;
@@ -75,6 +81,9 @@ impl RedbStore {
             txn.open_table(RESOURCE_KEYS).map_err(backend)?;
             txn.open_table(AUTHS).map_err(backend)?;
             txn.open_table(CHANNELS).map_err(backend)?;
+            txn.open_table(MEMBERSHIPS).map_err(backend)?;
+            txn.open_table(PENDING).map_err(backend)?;
+            txn.open_table(ROOM_OF).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
@@ -296,6 +305,9 @@ fn apply_one(txn: &redb::WriteTransaction, w: Write) -> Result<WriteOutcome, Sto
             Ok(WriteOutcome::Auths(auths))
         }
         Write::AddAuths { resource, auths } => {
+            if room_bound(txn, resource)? {
+                return Ok(WriteOutcome::RoomBound);
+            }
             if txn
                 .open_table(RESOURCES)
                 .map_err(backend)?
@@ -325,6 +337,9 @@ fn apply_one(txn: &redb::WriteTransaction, w: Write) -> Result<WriteOutcome, Sto
             Ok(WriteOutcome::Auths(out))
         }
         Write::RemoveAuth { resource, auth_id } => {
+            if room_bound(txn, resource)? {
+                return Ok(WriteOutcome::RoomBound);
+            }
             let mut at = txn.open_table(AUTHS).map_err(backend)?;
             let sk = auth_id.storage_key();
             let removed = at
@@ -333,6 +348,34 @@ fn apply_one(txn: &redb::WriteTransaction, w: Write) -> Result<WriteOutcome, Sto
                 .map(|v| decode::<StoredAuth>(v.value()))
                 .transpose()?;
             Ok(WriteOutcome::Removed(removed))
+        }
+        Write::Membership { record, bind_room } => apply_membership(txn, record, bind_room),
+        Write::SetMembershipState {
+            nonce,
+            state,
+            at_ms,
+        } => set_membership_state(txn, nonce, state, at_ms),
+        Write::RemoveUserAuths {
+            user,
+            created_until_ms,
+        } => {
+            let mut at = txn.open_table(AUTHS).map_err(backend)?;
+            let wanted = AuthId::User(user);
+            let mut hits = Vec::new();
+            for entry in at.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let a: StoredAuth = decode(v.value())?;
+                if a.auth_id == wanted && a.created_ms <= created_until_ms {
+                    hits.push((k.value().0, a));
+                }
+            }
+            let sk = wanted.storage_key();
+            for (resource, _) in &hits {
+                at.remove((*resource, sk.as_str())).map_err(backend)?;
+            }
+            Ok(WriteOutcome::RemovedMany(
+                hits.into_iter().map(|(_, a)| a).collect(),
+            ))
         }
         Write::PutChannel(c) => {
             txn.open_table(CHANNELS)
@@ -356,6 +399,140 @@ fn apply_one(txn: &redb::WriteTransaction, w: Write) -> Result<WriteOutcome, Sto
             Ok(WriteOutcome::Done)
         }
     }
+}
+
+fn room_bound(txn: &redb::WriteTransaction, resource: Uuid) -> Result<bool, StorageError> {
+    Ok(txn
+        .open_table(ROOM_OF)
+        .map_err(backend)?
+        .get(resource.as_u128())
+        .map_err(backend)?
+        .is_some())
+}
+
+fn apply_membership(
+    txn: &redb::WriteTransaction,
+    mut m: StoredMembership,
+    bind_room: bool,
+) -> Result<WriteOutcome, StorageError> {
+    let nonce = u128::from_be_bytes(m.nonce);
+    let mut memberships = txn.open_table(MEMBERSHIPS).map_err(backend)?;
+    if memberships.get(nonce).map_err(backend)?.is_some() {
+        return Ok(WriteOutcome::Conflict("nonce"));
+    }
+    if txn
+        .open_table(RESOURCES)
+        .map_err(backend)?
+        .get(m.resource.as_u128())
+        .map_err(backend)?
+        .is_none()
+    {
+        return Ok(WriteOutcome::NotFound);
+    }
+    let mut rooms = txn.open_table(ROOM_OF).map_err(backend)?;
+    let bound = rooms
+        .get(m.resource.as_u128())
+        .map_err(backend)?
+        .map(|v| v.value());
+    match bound {
+        Some(r) if r != m.room.as_u128() => return Ok(WriteOutcome::Conflict("room")),
+        Some(_) => {}
+        None if !bind_room => {}
+        None => {
+            rooms
+                .insert(m.resource.as_u128(), m.room.as_u128())
+                .map_err(backend)?;
+        }
+    }
+    let mut at = txn.open_table(AUTHS).map_err(backend)?;
+    let sk = AuthId::User(m.subject).storage_key();
+    let key = (m.resource.as_u128(), sk.as_str());
+    m.auth = match m.op {
+        MembershipOp::Add => {
+            if at.get(key).map_err(backend)?.is_some() {
+                None
+            } else {
+                let a = StoredAuth {
+                    id: Uuid::new_v4(),
+                    resource: m.resource,
+                    auth_id: AuthId::User(m.subject),
+                    created_ms: m.at_ms,
+                };
+                at.insert(key, encode(&a)?.as_slice()).map_err(backend)?;
+                Some(a.id)
+            }
+        }
+        MembershipOp::Remove => at
+            .remove(key)
+            .map_err(backend)?
+            .map(|v| decode::<StoredAuth>(v.value()))
+            .transpose()?
+            .map(|a| a.id),
+    };
+    m.state = MembershipState::Applied;
+    memberships
+        .insert(nonce, encode(&m)?.as_slice())
+        .map_err(backend)?;
+    txn.open_table(PENDING)
+        .map_err(backend)?
+        .insert(nonce, m.at_ms)
+        .map_err(backend)?;
+    Ok(WriteOutcome::Membership(Box::new(m)))
+}
+
+fn set_membership_state(
+    txn: &redb::WriteTransaction,
+    nonce: [u8; 16],
+    state: MembershipState,
+    at_ms: i64,
+) -> Result<WriteOutcome, StorageError> {
+    let key = u128::from_be_bytes(nonce);
+    let mut memberships = txn.open_table(MEMBERSHIPS).map_err(backend)?;
+    let Some(mut m) = memberships
+        .get(key)
+        .map_err(backend)?
+        .map(|v| decode::<StoredMembership>(v.value()))
+        .transpose()?
+    else {
+        return Ok(WriteOutcome::NotFound);
+    };
+    if m.state == state {
+        return Ok(WriteOutcome::Membership(Box::new(m)));
+    }
+    match (state, m.op, m.state) {
+        (MembershipState::Confirmed, _, MembershipState::Applied) => {}
+        (MembershipState::Confirmed, _, _) => return Ok(WriteOutcome::Conflict("undone")),
+        (MembershipState::Undone, MembershipOp::Remove, _) => {
+            return Ok(WriteOutcome::Conflict("remove_is_final"));
+        }
+        (MembershipState::Undone, MembershipOp::Add, _) => {
+            if let Some(created) = m.auth {
+                let mut at = txn.open_table(AUTHS).map_err(backend)?;
+                let sk = AuthId::User(m.subject).storage_key();
+                let k = (m.resource.as_u128(), sk.as_str());
+                let current = at
+                    .get(k)
+                    .map_err(backend)?
+                    .map(|v| decode::<StoredAuth>(v.value()))
+                    .transpose()?;
+                // Only the authorization this change created: a later change's is kept.
+                if current.is_some_and(|a| a.id == created) {
+                    at.remove(k).map_err(backend)?;
+                }
+            }
+        }
+        (MembershipState::Applied, _, _) => return Ok(WriteOutcome::Conflict("applied")),
+    }
+    m.state = state;
+    m.state_ms = at_ms;
+    memberships
+        .insert(key, encode(&m)?.as_slice())
+        .map_err(backend)?;
+    txn.open_table(PENDING)
+        .map_err(backend)?
+        .remove(key)
+        .map_err(backend)?;
+    Ok(WriteOutcome::Membership(Box::new(m)))
 }
 
 impl RedbStore {
@@ -451,6 +628,42 @@ impl Store for RedbStore {
 
     fn channel(&self, id: Uuid) -> Result<Option<StoredChannel>, StorageError> {
         self.get_u128(CHANNELS, id)
+    }
+
+    fn room_of(&self, resource: Uuid) -> Result<Option<Uuid>, StorageError> {
+        let r = self.db.begin_read().map_err(backend)?;
+        let t = r.open_table(ROOM_OF).map_err(backend)?;
+        Ok(t.get(resource.as_u128())
+            .map_err(backend)?
+            .map(|v| Uuid::from_u128(v.value())))
+    }
+
+    fn membership(&self, nonce: &[u8; 16]) -> Result<Option<StoredMembership>, StorageError> {
+        let r = self.db.begin_read().map_err(backend)?;
+        let t = r.open_table(MEMBERSHIPS).map_err(backend)?;
+        t.get(u128::from_be_bytes(*nonce))
+            .map_err(backend)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn pending_memberships(&self) -> Result<Vec<StoredMembership>, StorageError> {
+        let r = self.db.begin_read().map_err(backend)?;
+        let pending = r.open_table(PENDING).map_err(backend)?;
+        let all = r.open_table(MEMBERSHIPS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in pending.iter().map_err(backend)? {
+            let (k, _) = entry.map_err(backend)?;
+            let raw = all
+                .get(k.value())
+                .map_err(backend)?
+                .ok_or(StorageError::Corrupt(
+                    "pending index names a missing change",
+                ))?;
+            out.push(decode::<StoredMembership>(raw.value())?);
+        }
+        out.sort_by_key(|m| m.at_ms);
+        Ok(out)
     }
 
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {

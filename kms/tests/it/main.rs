@@ -4,5 +4,6 @@
 mod audit;
 mod fixture;
 mod jose_vectors;
+mod membership;
 mod service;
 mod snapshot;

@@ -80,6 +80,17 @@ pub enum Error {
     RealmGone,
     #[error("the realm did not answer in time")]
     RealmTimeout,
+    #[error("the realm answered with an unexpected frame: {0}")]
+    BadRealmAnswer(&'static str),
+    /// R10: a membership change needs the client's KMS part.
+    #[error("a membership change needs kms_part (the KMS part, a JWE on the client's channel)")]
+    KmsPartRequired,
+    /// R10: the KMS refused its part; `kms_response` tells the client why (on its channel).
+    #[error("the KMS refused the membership change")]
+    KmsRefused { kms_response: String },
+    /// R10: the receipt does not verify or does not match the core part.
+    #[error("the KMS receipt is invalid: {0}")]
+    BadReceipt(&'static str),
     #[error("storage failed: {context}")]
     Storage {
         context: &'static str,
@@ -110,6 +121,10 @@ impl Error {
                 (StatusCode::BAD_GATEWAY, "realm_not_connected")
             }
             Self::RealmTimeout => (StatusCode::GATEWAY_TIMEOUT, "realm_timeout"),
+            Self::BadRealmAnswer(_) => (StatusCode::BAD_GATEWAY, "bad_realm_answer"),
+            Self::KmsPartRequired => (StatusCode::BAD_REQUEST, "kms_part_required"),
+            Self::KmsRefused { .. } => (StatusCode::FORBIDDEN, "kms_refused"),
+            Self::BadReceipt(_) => (StatusCode::BAD_GATEWAY, "bad_receipt"),
             Self::Storage { .. } | Self::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -126,11 +141,11 @@ impl IntoResponse for Error {
         } else {
             self.to_string()
         };
-        let mut resp = (
-            status,
-            axum::Json(serde_json::json!({"error": code, "message": message})),
-        )
-            .into_response();
+        let mut body = serde_json::json!({"error": code, "message": message});
+        if let (Self::KmsRefused { kms_response }, Some(obj)) = (&self, body.as_object_mut()) {
+            obj.insert("kms_response".into(), kms_response.clone().into());
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

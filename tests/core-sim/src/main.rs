@@ -39,6 +39,13 @@ struct Args {
     /// Seconds between WebSocket pings to each realm.
     #[arg(long, default_value_t = 20)]
     ping_interval_s: u64,
+    /// Seconds between reconciliations of two-part membership changes with each realm.
+    #[arg(long, default_value_t = 60)]
+    reconcile_interval_s: u64,
+    /// Fault injection (crash tests): abort right after a valid KMS receipt arrives,
+    /// before the core applies its part. Also set by CORE_SIM_ABORT_AFTER_RECEIPT=1.
+    #[arg(long, env = "CORE_SIM_ABORT_AFTER_RECEIPT")]
+    abort_after_receipt: bool,
 }
 
 fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
@@ -72,6 +79,8 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         .transpose()?;
     cfg.relay_timeout = Duration::from_millis(args.relay_timeout_ms);
     cfg.ping_interval = Duration::from_secs(args.ping_interval_s.max(1));
+    cfg.reconcile_interval = Duration::from_secs(args.reconcile_interval_s.max(1));
+    cfg.abort_after_receipt = args.abort_after_receipt;
     Ok(cfg)
 }
 

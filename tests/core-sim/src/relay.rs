@@ -1,25 +1,27 @@
 //! The relay hub (R3): which realm is connected, and the requests waiting for its answers.
 //! One connection per realm; a newer connection replaces the older one, whose waiting
-//! requests then fail with 502.
+//! requests then fail with 502. A request is any frame with an `id`
+//! (`kms.request`, `membership.*`); the realm's answer frame carries the same `id`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-/// What the core pushes down a realm connection.
+/// What the core pushes down a realm connection: one JSON frame with an `id`.
 #[derive(Debug)]
 pub struct RelayRequest {
     pub id: Uuid,
-    pub kms_messages: Vec<String>,
+    pub frame: Value,
 }
 
-type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Vec<String>>>>>;
+type Pending = Arc<Mutex<HashMap<Uuid, oneshot::Sender<Value>>>>;
 
 struct Conn {
     id: u64,
@@ -35,10 +37,10 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Delivers the realm's answer to request `id`; false if nobody waits for it.
-    pub fn answer(&self, id: Uuid, kms_messages: Vec<String>) -> bool {
+    /// Delivers the realm's answer frame to request `id`; false if nobody waits for it.
+    pub fn answer(&self, id: Uuid, frame: Value) -> bool {
         let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        waiter.is_some_and(|w| w.send(kms_messages).is_ok())
+        waiter.is_some_and(|w| w.send(frame).is_ok())
     }
 }
 
@@ -114,9 +116,33 @@ impl Hub {
             .is_ok_and(|c| c.get(realm).is_some_and(|c| !c.tx.is_closed()))
     }
 
-    /// Sends `kms_messages` to `realm` as one request and waits for its answer.
+    /// Whether `conn_id` is still `realm`'s current connection.
+    pub fn is_current(&self, realm: &str, conn_id: u64) -> bool {
+        self.conns.lock().is_ok_and(|c| {
+            c.get(realm)
+                .is_some_and(|c| c.id == conn_id && !c.tx.is_closed())
+        })
+    }
+
+    /// Sends `kms_messages` to `realm` as one `kms.request` and waits for its answer.
     pub async fn request(&self, realm: &str, kms_messages: Vec<String>) -> Result<Vec<String>> {
+        let answer = self
+            .call(
+                realm,
+                |id| json!({"type": "kms.request", "id": id, "kmsMessages": kms_messages}),
+            )
+            .await?;
+        if answer["type"] != "kms.response" {
+            return Err(Error::BadRealmAnswer("expected kms.response"));
+        }
+        serde_json::from_value(answer["kmsMessages"].clone())
+            .map_err(|_| Error::BadRealmAnswer("kmsMessages is not a list of strings"))
+    }
+
+    /// Sends the frame `build(id)` to `realm` and waits for the answer frame with that id.
+    pub async fn call(&self, realm: &str, build: impl FnOnce(Uuid) -> Value) -> Result<Value> {
         let id = Uuid::new_v4();
+        let frame = build(id);
         let (wait_tx, wait_rx) = oneshot::channel();
         let (tx, pending) = {
             let conns = self.lock()?;
@@ -131,7 +157,7 @@ impl Hub {
             // closed connection would look like a slow one (504 instead of 502).
             (conn.tx.clone(), Arc::downgrade(&conn.pending))
         };
-        if tx.send(RelayRequest { id, kms_messages }).await.is_err() {
+        if tx.send(RelayRequest { id, frame }).await.is_err() {
             return Err(Error::RealmNotConnected(realm.to_owned()));
         }
         match tokio::time::timeout(self.timeout, wait_rx).await {
@@ -164,8 +190,11 @@ mod tests {
         let h = hub.clone();
         let call = tokio::spawn(async move { h.request("kms://a", vec!["m1".into()]).await });
         let req = reg.requests.recv().await.unwrap();
-        assert_eq!(req.kms_messages, vec!["m1".to_owned()]);
-        assert!(reg.answer(req.id, vec!["r1".into()]));
+        assert_eq!(req.frame["kmsMessages"], json!(["m1"]));
+        assert!(reg.answer(
+            req.id,
+            json!({"type": "kms.response", "id": req.id, "kmsMessages": ["r1"]})
+        ));
         assert_eq!(call.await.unwrap().unwrap(), vec!["r1".to_owned()]);
 
         let h = hub.clone();

@@ -263,3 +263,31 @@ pub fn appliance_hsm_files(dir: &Path) -> anyhow::Result<()> {
     secret_file(&dir.join("so-pin"), "so-pin-5678\n")?;
     Ok(())
 }
+
+/// The KMS part of a two-part membership change (R10, docs/protocol.md): a request on
+/// `c`'s channel adding (`"add"`) or removing (`"remove"`) `subject` on `resource_uri`,
+/// for `room`, with a fresh 16-byte nonce. Returns the JWE and the nonce.
+pub fn membership_part(
+    c: &KmsClient,
+    op: &str,
+    resource_uri: &str,
+    subject: Uuid,
+    room: Uuid,
+) -> anyhow::Result<(String, String)> {
+    let nonce = strongroom_kms::jose::b64e(&strongroom_kms::crypto::random_bytes::<16>());
+    let membership = json!({"op": op, "room": room, "nonce": nonce});
+    let (jwe, _) = match op {
+        "add" => c.request(
+            "create",
+            "/authorizations",
+            json!({"resourceUri": resource_uri, "userIds": [subject], "membership": membership}),
+        )?,
+        "remove" => c.request(
+            "delete",
+            &format!("{resource_uri}/authorizations?authId={subject}"),
+            json!({"membership": membership}),
+        )?,
+        other => bail!("unknown membership op {other}"),
+    };
+    Ok((jwe, nonce))
+}

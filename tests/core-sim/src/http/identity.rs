@@ -106,6 +106,41 @@ pub async fn deactivate(
     _: Admin,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>> {
-    let rooms = s.0.db.write(|m, now| m.deactivate_user(id, now))?;
-    Ok(Json(json!({"user_id": id, "removed_from": rooms})))
+    // R24: the realms that may hold the user's authorizations (their org's KMS and every
+    // room's) must drop them too: queued durably with the deactivation, delivered now if
+    // the realm is connected, else by the next reconciliation.
+    let (rooms, realms) = s.0.db.write(|m, now| {
+        let mut realms = std::collections::BTreeSet::new();
+        realms.insert(m.org_of(id)?.kms_cluster());
+        for r in m.rooms.values().filter(|r| r.members.contains(&id)) {
+            realms.insert(super::membership::cluster_of(&r.resource_uri)?);
+        }
+        let rooms = m.deactivate_user(id, now)?;
+        for realm in &realms {
+            m.pending_deprovisions
+                .entry(realm.clone())
+                .or_default()
+                .insert(id);
+        }
+        Ok((rooms, realms))
+    })?;
+    let mut delivered = Vec::new();
+    for realm in &realms {
+        if s.0.hub.is_connected(realm) {
+            if let Err(e) = super::membership::deliver_deprovisions(&s, realm).await {
+                tracing::warn!(realm, error = %e, "deprovisioning not delivered yet");
+            }
+            let still_pending = s.0.db.read(|m| {
+                Ok(m.pending_deprovisions
+                    .get(realm)
+                    .is_some_and(|users| users.contains(&id)))
+            })?;
+            if !still_pending {
+                delivered.push(realm.clone());
+            }
+        }
+    }
+    Ok(Json(
+        json!({"user_id": id, "removed_from": rooms, "kms_deprovisioned": delivered}),
+    ))
 }

@@ -2,6 +2,7 @@
 //! recording middleware. `app(state)` builds the router; tests drive it with `oneshot`.
 
 mod identity;
+pub mod membership;
 mod realm;
 mod rooms;
 
@@ -42,6 +43,12 @@ pub struct Config {
     pub relay_timeout: Duration,
     /// WebSocket ping interval; 3 missed pongs close the connection.
     pub ping_interval: Duration,
+    /// R10: how often two-part membership changes are reconciled with each connected
+    /// realm (also on every realm connection).
+    pub reconcile_interval: Duration,
+    /// Fault injection for crash tests: abort the process (no cleanup) right after a valid
+    /// KMS receipt arrives, before the core applies its part.
+    pub abort_after_receipt: bool,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -53,6 +60,8 @@ impl Config {
             admin_token: None,
             relay_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
+            reconcile_interval: Duration::from_mins(1),
+            abort_after_receipt: false,
             clock: Arc::new(SystemClock),
         }
     }
@@ -66,6 +75,8 @@ pub struct Shared {
     admin_token: String,
     realm_tokens: HashMap<String, String>,
     ping_interval: Duration,
+    reconcile_interval: Duration,
+    abort_after_receipt: bool,
 }
 
 /// Cheap to clone; handed to every handler.
@@ -119,6 +130,8 @@ impl AppState {
             admin_token,
             realm_tokens: cfg.realm_tokens,
             ping_interval: cfg.ping_interval,
+            reconcile_interval: cfg.reconcile_interval,
+            abort_after_receipt: cfg.abort_after_receipt,
         })))
     }
 

@@ -67,14 +67,22 @@ struct Hello {
     static_jwk: Option<Value>,
 }
 
+/// The type and id of an answer frame from the realm.
 #[derive(Deserialize)]
-struct KmsResponse {
+struct Answer {
     #[serde(rename = "type")]
     kind: String,
     id: Uuid,
-    #[serde(rename = "kmsMessages")]
-    kms_messages: Vec<String>,
 }
+
+/// Frames a realm may send after `hello`: answers to the core's requests.
+const ANSWER_TYPES: [&str; 5] = [
+    "kms.response",
+    "membership.response",
+    "membership.result",
+    "membership.error",
+    "membership.deprovisioned",
+];
 
 async fn send_text(s: &AppState, realm: &str, socket: &mut WebSocket, v: &Value) -> bool {
     let text = v.to_string();
@@ -127,6 +135,13 @@ async fn session(s: AppState, realm: String, mut socket: WebSocket) {
     .await
     {
         tracing::info!(realm, conn = reg.conn_id, "realm connected");
+        // R10: reconcile two-part membership changes now and periodically while this
+        // connection is the realm's current one.
+        tokio::spawn(super::membership::reconcile_loop(
+            s.clone(),
+            realm.clone(),
+            reg.conn_id,
+        ));
         let period = s.0.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut missed = 0u32;
@@ -137,18 +152,20 @@ async fn session(s: AppState, realm: String, mut socket: WebSocket) {
                         close(&mut socket, CLOSE_REPLACED, "replaced by a newer connection").await;
                         break;
                     };
-                    let frame = json!({"type": "kms.request", "id": req.id,
-                                       "kmsMessages": req.kms_messages});
-                    if !send_text(&s, &realm, &mut socket, &frame).await {
+                    if !send_text(&s, &realm, &mut socket, &req.frame).await {
                         break;
                     }
                 }
                 msg = socket.recv() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         s.0.recorder.record("ws.in", &realm, t.as_bytes());
-                        match serde_json::from_str::<KmsResponse>(t.as_str()) {
-                            Ok(r) if r.kind == "kms.response" => {
-                                if !reg.answer(r.id, r.kms_messages) {
+                        let frame = serde_json::from_str::<Value>(t.as_str()).ok();
+                        let answer = frame
+                            .as_ref()
+                            .and_then(|f| Answer::deserialize(f).ok());
+                        match (answer, frame) {
+                            (Some(r), Some(frame)) if ANSWER_TYPES.contains(&r.kind.as_str()) => {
+                                if !reg.answer(r.id, frame) {
                                     tracing::debug!(realm, id = %r.id, "answer nobody waits for");
                                 }
                             }

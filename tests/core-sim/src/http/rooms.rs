@@ -1,5 +1,6 @@
-//! Room endpoints (core token). Membership changes are plain core-side operations for now;
-//! they go through `plan_*` then `apply`, where R10's KMS round trip will slot in.
+//! Room endpoints (core token). Membership changes are two-part (R10): the core checks its
+//! part (`plan_*`), then [`super::membership::two_part`] runs the KMS round trip, checks
+//! the receipt and applies.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -8,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{AppState, CoreUser, parse};
-use crate::error::Result;
+use super::{AppState, CoreUser, membership, parse};
+use crate::error::{Error, Result};
 use crate::model::ContentKind;
 
 pub async fn list(State(s): State<AppState>, CoreUser(me): CoreUser) -> Result<Json<Value>> {
@@ -59,8 +60,19 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 struct AddMember {
     user_id: Uuid,
+    /// Required; optional here only so the core part is checked (403/409) first.
+    #[serde(default)]
+    kms_part: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RemoveMember {
+    #[serde(default)]
+    kms_part: Option<String>,
+}
+
+/// `POST /rooms/{id}/members {"user_id","kms_part"}` (R10).
 pub async fn add_member(
     State(s): State<AppState>,
     CoreUser(me): CoreUser,
@@ -68,23 +80,26 @@ pub async fn add_member(
     body: Bytes,
 ) -> Result<Json<Value>> {
     let req: AddMember = parse(&body)?;
-    let event = s.0.db.write(|m, now| {
-        let change = m.plan_add(id, me.user, req.user_id)?;
-        m.apply(change, now)
-    })?;
-    Ok(Json(json!({"event": event})))
+    let change = s.0.db.read(|m| m.plan_add(id, me.user, req.user_id))?;
+    let kms_part = req.kms_part.ok_or(Error::KmsPartRequired)?;
+    Ok(Json(membership::two_part(&s, change, kms_part).await?))
 }
 
+/// `DELETE /rooms/{id}/members/{user} {"kms_part"}` (R10).
 pub async fn remove_member(
     State(s): State<AppState>,
     CoreUser(me): CoreUser,
     Path((id, user)): Path<(Uuid, Uuid)>,
+    body: Bytes,
 ) -> Result<Json<Value>> {
-    let event = s.0.db.write(|m, now| {
-        let change = m.plan_remove(id, me.user, user)?;
-        m.apply(change, now)
-    })?;
-    Ok(Json(json!({"event": event})))
+    let change = s.0.db.read(|m| m.plan_remove(id, me.user, user))?;
+    let req: RemoveMember = if body.is_empty() {
+        RemoveMember::default()
+    } else {
+        parse(&body)?
+    };
+    let kms_part = req.kms_part.ok_or(Error::KmsPartRequired)?;
+    Ok(Json(membership::two_part(&s, change, kms_part).await?))
 }
 
 #[derive(Deserialize)]

@@ -138,6 +138,13 @@ pub struct Model {
     /// The static JWK each realm sent in its last hello, by `kms://` cluster.
     #[serde(default)]
     pub realm_static_jwks: BTreeMap<String, serde_json::Value>,
+    /// R10: nonces of the two-part membership changes this core applied.
+    #[serde(default)]
+    pub applied_nonces: BTreeSet<String>,
+    /// R24: deactivated users whose KMS authorizations a realm has not yet dropped, by
+    /// realm (`kms://` cluster); retried on every reconciliation.
+    #[serde(default)]
+    pub pending_deprovisions: BTreeMap<String, BTreeSet<Uuid>>,
 }
 
 impl Model {

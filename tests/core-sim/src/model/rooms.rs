@@ -196,6 +196,27 @@ impl Model {
         }
     }
 
+    /// Completes a removal the KMS already applied (R10: a removal is final): removes
+    /// `user` if still a member. `None` if they were not.
+    pub fn complete_removal(
+        &mut self,
+        room: Uuid,
+        user: Uuid,
+        actor: Uuid,
+        now_ms: i64,
+    ) -> Result<Option<Event>> {
+        if !self.room(room)?.members.contains(&user) {
+            return Ok(None);
+        }
+        let kind = if actor == user {
+            EventKind::Leave
+        } else {
+            EventKind::Removed
+        };
+        self.remove_member_now(room, user, Some(actor), kind, now_ms)
+            .map(Some)
+    }
+
     /// Removes `user`, records the event, and marks the rotation point (R9).
     pub(super) fn remove_member_now(
         &mut self,

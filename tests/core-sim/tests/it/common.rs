@@ -129,15 +129,33 @@ impl Sim {
         v["id"].as_str().unwrap().parse().unwrap()
     }
 
-    pub async fn add(&self, actor: &Login, room: Uuid, user: Uuid) -> StatusCode {
-        self.call(
-            "POST",
-            &format!("/rooms/{room}/members"),
-            Some(&actor.core),
-            Some(json!({"user_id": user})),
-        )
-        .await
-        .0
+    /// Adds `user` as if both parts of the two-part change (R10) succeeded: the core's
+    /// checks and apply, no realm. The flow itself runs against a real realm in
+    /// tests/e2e/tests/membership.rs and against a fake one in `membership.rs` here.
+    pub fn add(&self, actor: &Login, room: Uuid, user: Uuid) -> StatusCode {
+        let r = self.state.0.db.write(|m, now| {
+            let c = m.plan_add(room, actor.user, user)?;
+            m.apply(c, now)
+        });
+        match r {
+            Ok(_) => StatusCode::OK,
+            Err(e) => e.status_and_code().0,
+        }
+    }
+
+    /// Removes `user` like [`Sim::add`] adds; returns the status and `{"event"}`.
+    pub fn remove(&self, actor: &Login, room: Uuid, user: Uuid) -> (StatusCode, Value) {
+        let r = self.state.0.db.write(|m, now| {
+            let c = m.plan_remove(room, actor.user, user)?;
+            m.apply(c, now)
+        });
+        match r {
+            Ok(e) => (StatusCode::OK, json!({"event": e})),
+            Err(e) => (
+                e.status_and_code().0,
+                json!({"error": e.status_and_code().1}),
+            ),
+        }
     }
 
     pub async fn send(&self, who: &Login, room: Uuid, kid: &str) -> (StatusCode, Value) {

@@ -136,7 +136,7 @@ async fn identity_details_only_for_same_org_or_shared_room() {
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     let room = sim.room(&alice, "a.test").await;
-    assert_eq!(sim.add(&alice, room, bob.user).await, StatusCode::OK);
+    assert_eq!(sim.add(&alice, room, bob.user), StatusCode::OK);
     let (s, v) = sim
         .call("GET", &uri(alice.user), Some(&bob.core), None)
         .await;
@@ -166,8 +166,8 @@ async fn directory_sync_removes_the_user_from_every_room_with_events() {
     let r1 = sim.room(&alice, "a.test").await;
     let r2 = sim.room(&alice, "a.test").await;
     let r3 = sim.room(&alice, "a.test").await;
-    assert_eq!(sim.add(&alice, r1, carol.user).await, StatusCode::OK);
-    assert_eq!(sim.add(&alice, r2, carol.user).await, StatusCode::OK);
+    assert_eq!(sim.add(&alice, r1, carol.user), StatusCode::OK);
+    assert_eq!(sim.add(&alice, r2, carol.user), StatusCode::OK);
 
     let v = sim
         .admin(
@@ -211,5 +211,5 @@ async fn directory_sync_removes_the_user_from_every_room_with_events() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert_eq!(sim.add(&alice, r3, carol.user).await, StatusCode::FORBIDDEN);
+    assert_eq!(sim.add(&alice, r3, carol.user), StatusCode::FORBIDDEN);
 }

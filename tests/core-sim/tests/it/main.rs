@@ -4,6 +4,7 @@
 
 mod common;
 mod identity;
+mod membership;
 mod process;
 mod relay;
 mod rooms;

@@ -36,7 +36,8 @@ pub async fn dial(
     Ok(tokio_tungstenite::connect_async(req).await?.0)
 }
 
-/// Connects, says hello, and waits for the welcome.
+/// Connects, says hello, waits for the welcome and answers the first reconciliation
+/// (R10: `membership.pending` on every connection) with no pending change.
 pub async fn realm_connect(base: &str, hello_extra: Value) -> Ws {
     let mut ws = dial(base, REALM_A, REALM_TOKEN_A).await.unwrap();
     let mut hello = json!({"type": "hello", "version": 1, "realm": REALM_A});
@@ -46,6 +47,10 @@ pub async fn realm_connect(base: &str, hello_extra: Value) -> Ws {
     ws.send(Message::text(hello.to_string())).await.unwrap();
     let welcome = next_json(&mut ws).await.unwrap();
     assert_eq!(welcome, json!({"type": "welcome", "version": 1}));
+    let pending = next_json(&mut ws).await.unwrap();
+    assert_eq!(pending["type"], "membership.pending", "{pending}");
+    let none = json!({"type": "membership.result", "id": pending["id"], "receipts": []});
+    ws.send(Message::text(none.to_string())).await.unwrap();
     ws
 }
 

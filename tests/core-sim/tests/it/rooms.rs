@@ -107,8 +107,8 @@ async fn a_key_seen_before_a_removal_is_refused_after_it_and_a_new_key_is_accept
     let anne = sim.user(a, "Anne", "anne@a.test").await;
     let carl = sim.user(a, "Carl", "carl@a.test").await;
     let room = sim.room(&alice, "a.test").await;
-    assert_eq!(sim.add(&alice, room, anne.user).await, StatusCode::OK);
-    assert_eq!(sim.add(&alice, room, carl.user).await, StatusCode::OK);
+    assert_eq!(sim.add(&alice, room, anne.user), StatusCode::OK);
+    assert_eq!(sim.add(&alice, room, carl.user), StatusCode::OK);
     let old = kid("a.test");
     let anne_old = kid("a.test");
     assert_eq!(sim.send(&alice, room, &old).await.0, StatusCode::OK);
@@ -116,14 +116,7 @@ async fn a_key_seen_before_a_removal_is_refused_after_it_and_a_new_key_is_accept
     // Still fine before any removal.
     assert_eq!(sim.send(&alice, room, &old).await.0, StatusCode::OK);
 
-    let (s, v) = sim
-        .call(
-            "DELETE",
-            &format!("/rooms/{room}/members/{}", carl.user),
-            Some(&alice.core),
-            None,
-        )
-        .await;
+    let (s, v) = sim.remove(&alice, room, carl.user);
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["event"]["kind"], "removed");
     assert_eq!(v["event"]["actor"], alice.user.to_string());
@@ -145,14 +138,7 @@ async fn a_key_seen_before_a_removal_is_refused_after_it_and_a_new_key_is_accept
     assert_eq!(sim.send(&carl, room, &fresh).await.0, StatusCode::FORBIDDEN);
 
     // A leave is a rotation point too.
-    let (s, v) = sim
-        .call(
-            "DELETE",
-            &format!("/rooms/{room}/members/{}", anne.user),
-            Some(&anne.core),
-            None,
-        )
-        .await;
+    let (s, v) = sim.remove(&anne, room, anne.user);
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["event"]["kind"], "leave");
     assert_eq!(sim.send(&alice, room, &fresh).await.0, StatusCode::CONFLICT);
@@ -175,19 +161,12 @@ async fn the_external_flag_flips_when_another_org_joins_and_events_are_inline() 
     let show = || sim.call("GET", &uri, Some(&alice.core), None);
 
     assert_eq!(show().await.1["external"], false);
-    assert_eq!(sim.add(&alice, room, anne.user).await, StatusCode::OK);
+    assert_eq!(sim.add(&alice, room, anne.user), StatusCode::OK);
     assert_eq!(show().await.1["external"], false);
-    assert_eq!(sim.add(&alice, room, bob.user).await, StatusCode::OK);
+    assert_eq!(sim.add(&alice, room, bob.user), StatusCode::OK);
     assert_eq!(show().await.1["external"], true);
-    assert_eq!(sim.add(&alice, room, bob.user).await, StatusCode::CONFLICT);
-    let (s, _) = sim
-        .call(
-            "DELETE",
-            &format!("/rooms/{room}/members/{}", bob.user),
-            Some(&bob.core),
-            None,
-        )
-        .await;
+    assert_eq!(sim.add(&alice, room, bob.user), StatusCode::CONFLICT);
+    let (s, _) = sim.remove(&bob, room, bob.user);
     assert_eq!(s, StatusCode::OK);
     let (_, v) = show().await;
     assert_eq!(v["external"], false);
