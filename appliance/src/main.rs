@@ -5,6 +5,7 @@ mod audit_cli;
 mod certs;
 mod config;
 mod dev;
+mod devcore;
 mod dialout;
 mod files;
 mod identity;
