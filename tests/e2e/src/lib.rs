@@ -37,6 +37,20 @@ pub struct DevInfo {
     pub static_jwk: RsaPublicJwk,
     pub token_url: String,
     pub state_dir: PathBuf,
+    /// The simulated core `strongroom dev` started (absent with `--no-core`).
+    #[serde(default)]
+    pub core_url: Option<String>,
+    #[serde(default)]
+    pub core_ca_pem: Option<PathBuf>,
+    #[serde(default)]
+    pub core_admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub core_state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub core_pid: Option<u32>,
+    /// The command line that started core-sim (to restart it on the same port and state).
+    #[serde(default)]
+    pub core_command: Vec<String>,
 }
 
 /// Finds the `strongroom` binary: `$STRONGROOM_BIN`, else next to (or above) this executable.
@@ -116,11 +130,21 @@ impl DevServer {
         self.child.id()
     }
 
-    /// `kill -9`: no chance to flush anything.
+    /// `kill -9`: no chance to flush anything. The core-sim it started goes too.
     pub fn kill9(mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
+        self.kill_core();
         Ok(())
+    }
+
+    fn kill_core(&self) {
+        if let Some(pid) = self.info.core_pid {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -136,6 +160,7 @@ impl Drop for DevServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.kill_core();
     }
 }
 
