@@ -81,7 +81,9 @@ pub struct Core {
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Core")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,17 +155,28 @@ impl Core {
 pub struct Admin(pub Core);
 
 impl Admin {
-    pub fn from_file(http: reqwest::Client, core_url: &str, token_file: &Path) -> anyhow::Result<Self> {
+    pub fn from_file(
+        http: reqwest::Client,
+        core_url: &str,
+        token_file: &Path,
+    ) -> anyhow::Result<Self> {
         let t = std::fs::read_to_string(token_file)
             .with_context(|| format!("reading {}", token_file.display()))?;
-        Ok(Self(Core::new(http, core_url, SecretString::from(t.trim().to_owned()))))
+        Ok(Self(Core::new(
+            http,
+            core_url,
+            SecretString::from(t.trim().to_owned()),
+        )))
     }
 
     /// Creates an organization whose KMS is `kms_domain` (`kms://…` or bare); returns its id.
     pub async fn org(&self, name: &str, kms_domain: &str) -> anyhow::Result<Uuid> {
         let v = self
             .0
-            .post("/admin/orgs", &json!({"name": name, "kms_domain": kms_domain}))
+            .post(
+                "/admin/orgs",
+                &json!({"name": name, "kms_domain": kms_domain}),
+            )
             .await?;
         uuid_of(&v["id"])
     }
@@ -171,7 +184,10 @@ impl Admin {
     pub async fn user(&self, org: Uuid, name: &str, email: &str) -> anyhow::Result<Uuid> {
         let v = self
             .0
-            .post("/admin/users", &json!({"org": org, "name": name, "email": email}))
+            .post(
+                "/admin/users",
+                &json!({"org": org, "name": name, "email": email}),
+            )
             .await?;
         uuid_of(&v["id"])
     }
@@ -214,12 +230,34 @@ pub enum MembershipFlow {
 /// What a client read from a room, in the room's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
-    Message { seq: u64, sender: Uuid, kid: String, text: String },
-    File { seq: u64, sender: Uuid, kid: String, name: String, data: Vec<u8> },
+    Message {
+        seq: u64,
+        sender: Uuid,
+        kid: String,
+        text: String,
+    },
+    File {
+        seq: u64,
+        sender: Uuid,
+        kid: String,
+        name: String,
+        data: Vec<u8>,
+    },
     /// Membership: `kind` is join, leave or removed.
-    Event { seq: u64, kind: String, user: Uuid, actor: Option<Uuid>, directory_sync: bool },
+    Event {
+        seq: u64,
+        kind: String,
+        user: Uuid,
+        actor: Option<Uuid>,
+        directory_sync: bool,
+    },
     /// Content whose key the KMS refused (e.g. after this user's removal).
-    Unreadable { seq: u64, sender: Uuid, kid: String, reason: String },
+    Unreadable {
+        seq: u64,
+        sender: Uuid,
+        kid: String,
+        reason: String,
+    },
 }
 
 impl Item {
@@ -236,11 +274,25 @@ impl Item {
 impl std::fmt::Display for Item {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Item::Message { seq, sender, text, .. } => write!(f, "#{seq} {sender}: {text}"),
-            Item::File { seq, sender, name, data, .. } => {
+            Item::Message {
+                seq, sender, text, ..
+            } => write!(f, "#{seq} {sender}: {text}"),
+            Item::File {
+                seq,
+                sender,
+                name,
+                data,
+                ..
+            } => {
                 write!(f, "#{seq} {sender}: file {name} ({} bytes)", data.len())
             }
-            Item::Event { seq, kind, user, actor, directory_sync } => {
+            Item::Event {
+                seq,
+                kind,
+                user,
+                actor,
+                directory_sync,
+            } => {
                 write!(f, "#{seq} * {user} {kind}")?;
                 if *directory_sync {
                     write!(f, " (directory sync)")?;
@@ -249,7 +301,12 @@ impl std::fmt::Display for Item {
                 }
                 Ok(())
             }
-            Item::Unreadable { seq, sender, kid, reason } => {
+            Item::Unreadable {
+                seq,
+                sender,
+                kid,
+                reason,
+            } => {
                 write!(f, "#{seq} {sender}: <cannot decrypt: {kid}: {reason}>")
             }
         }
@@ -360,7 +417,11 @@ impl Client {
             .as_str()
             .context("no kms_cluster")?
             .to_owned();
-        let core = Core::new(http.clone(), core_url, SecretString::from(core_token.to_owned()));
+        let core = Core::new(
+            http.clone(),
+            core_url,
+            SecretString::from(core_token.to_owned()),
+        );
         if kms_token.is_empty() {
             bail!("empty kms_token");
         }
@@ -434,12 +495,21 @@ impl Client {
             .as_array()
             .context("no kmsMessages")?
             .iter()
-            .map(|m| m.as_str().map(str::to_owned).context("answer is not a string"))
+            .map(|m| {
+                m.as_str()
+                    .map(str::to_owned)
+                    .context("answer is not a string")
+            })
             .collect()
     }
 
     /// One KMS request on the channel through the relay; a 499 reset re-handshakes once.
-    pub async fn kms_call(&mut self, method: &str, uri: &str, extra: Value) -> anyhow::Result<Value> {
+    pub async fn kms_call(
+        &mut self,
+        method: &str,
+        uri: &str,
+        extra: Value,
+    ) -> anyhow::Result<Value> {
         for _ in 0..2 {
             let (jwe, rid) = self.kms()?.request(method, uri, extra.clone())?;
             let answer = self.relay(vec![jwe]).await?;
@@ -489,6 +559,26 @@ impl Client {
         self.keys.get(uri).context("key cache")
     }
 
+    /// The keys this device holds (URI, raw bytes): for tests that must prove no key ever
+    /// reached the core.
+    pub fn cached_keys(&self) -> Vec<(String, [u8; 32])> {
+        self.keys
+            .iter()
+            .map(|(u, k)| (u.clone(), *k.expose()))
+            .collect()
+    }
+
+    /// This device's current key URI for a room, if any (no rotation).
+    pub fn my_key(&self, room: Uuid) -> Option<&str> {
+        self.rooms.get(&room).and_then(|r| r.my_key.as_deref())
+    }
+
+    /// Encrypts under a given key URI this device holds (tests: content under an old key).
+    pub async fn encrypt_with(&mut self, key_uri: &str, plain: &[u8]) -> anyhow::Result<String> {
+        self.key(key_uri).await?;
+        self.encrypt(key_uri, plain)
+    }
+
     /// Forgets cached keys (a fresh device, or to prove a retrieve is refused).
     pub fn forget_keys(&mut self) {
         self.keys.clear();
@@ -509,7 +599,11 @@ impl Client {
     pub async fn create_room(&mut self, title: &str) -> anyhow::Result<Uuid> {
         let key = self.new_key().await?;
         let res = self
-            .kms_ok("create", "/resources", json!({"userIds": [], "keyUris": [key]}))
+            .kms_ok(
+                "create",
+                "/resources",
+                json!({"userIds": [], "keyUris": [key]}),
+            )
             .await?;
         let resource_uri = res["resource"]["uri"]
             .as_str()
@@ -518,7 +612,10 @@ impl Client {
         let title_jwe = self.encrypt(&key, title.as_bytes())?;
         let room = self
             .core
-            .post("/rooms", &json!({"resource_uri": resource_uri, "title": title_jwe}))
+            .post(
+                "/rooms",
+                &json!({"resource_uri": resource_uri, "title": title_jwe}),
+            )
             .await?;
         let id = uuid_of(&room["id"])?;
         self.rooms.insert(
@@ -542,7 +639,10 @@ impl Client {
     /// The room as the core shows it, with the title decrypted.
     pub async fn room(&mut self, id: Uuid) -> anyhow::Result<RoomView> {
         let v = self.core.get(&format!("/rooms/{id}")).await?;
-        let resource_uri = v["resource_uri"].as_str().context("no resource_uri")?.to_owned();
+        let resource_uri = v["resource_uri"]
+            .as_str()
+            .context("no resource_uri")?
+            .to_owned();
         self.rooms.entry(id).or_insert_with(|| RoomState {
             resource_uri: resource_uri.clone(),
             ..RoomState::default()
@@ -613,7 +713,10 @@ impl Client {
             let content = self.encrypt(&key, plain)?;
             match self
                 .core
-                .post(&format!("/rooms/{room}/{kind}"), &json!({"content": content}))
+                .post(
+                    &format!("/rooms/{room}/{kind}"),
+                    &json!({"content": content}),
+                )
                 .await
             {
                 Ok(v) => return v["seq"].as_u64().context("no seq"),
@@ -705,6 +808,28 @@ impl Client {
             }
         }
         st.read_seq = st.read_seq.max(last);
+        let resource = st.resource_uri.clone();
+        // Directory sync (R24) removed someone at the core only: withdraw their
+        // authorization at the KMS too, so a still-valid KMS token opens no new key. A KMS
+        // that binds the resource to the two-part flow refuses this (403): nothing to do.
+        for i in &items {
+            if let Item::Event {
+                kind,
+                user,
+                directory_sync: true,
+                seq,
+                ..
+            } = i
+                && kind == "removed"
+                && *seq > after
+                && *user != self.user
+            {
+                let uri = format!("{resource}/authorizations?authId={user}");
+                if let Err(e) = self.kms_ok("delete", &uri, json!({})).await {
+                    tracing_note(&format!("directory-sync cleanup at the KMS: {e}"));
+                }
+            }
+        }
         Ok(items)
     }
 
@@ -720,7 +845,12 @@ impl Client {
 
     /// The one place membership changes go through: two-part (R10) when the core speaks it,
     /// else the core change then the same KMS change on the channel.
-    async fn change_membership(&mut self, room: Uuid, subject: Uuid, add: bool) -> anyhow::Result<Value> {
+    async fn change_membership(
+        &mut self,
+        room: Uuid,
+        subject: Uuid,
+        add: bool,
+    ) -> anyhow::Result<Value> {
         let resource = self.state(room).await?.resource_uri.clone();
         let (method, uri, mut extra) = if add {
             (
@@ -763,7 +893,9 @@ impl Client {
             match res {
                 Ok(v) if v.get("receipt").is_some() => {
                     self.flow = Some(MembershipFlow::TwoPart);
-                    let kms = self.kms()?.open(v["kms_response"].as_str().context("no kms_response")?)?;
+                    let kms = self
+                        .kms()?
+                        .open(v["kms_response"].as_str().context("no kms_response")?)?;
                     if kms["requestId"] != rid.as_str() {
                         bail!("the KMS part's answer does not echo our requestId");
                     }
@@ -801,7 +933,10 @@ impl Client {
         // CoreThenKms: the core part alone, then the KMS change on the channel.
         let v = if add {
             self.core
-                .post(&format!("/rooms/{room}/members"), &json!({"user_id": subject}))
+                .post(
+                    &format!("/rooms/{room}/members"),
+                    &json!({"user_id": subject}),
+                )
                 .await?
         } else {
             self.core
@@ -813,7 +948,12 @@ impl Client {
         Ok(v["event"].clone())
     }
 
-    async fn after_membership(&mut self, room: Uuid, subject: Uuid, add: bool) -> anyhow::Result<()> {
+    async fn after_membership(
+        &mut self,
+        room: Uuid,
+        subject: Uuid,
+        add: bool,
+    ) -> anyhow::Result<()> {
         if !add && subject != self.user {
             // R9: the removed member may hold our current key; the next send uses a new one.
             self.state(room).await?.stale = true;
@@ -849,5 +989,12 @@ impl Client {
         c.flow = saved.flow;
         c.handshake().await?;
         Ok(c)
+    }
+}
+
+/// Non-fatal notes go to stderr only when `STRONGROOM_CLIENT_DEBUG` is set.
+fn tracing_note(msg: &str) {
+    if std::env::var_os("STRONGROOM_CLIENT_DEBUG").is_some() {
+        eprintln!("strongroom-client: {msg}");
     }
 }

@@ -288,3 +288,68 @@ pub fn appliance_hsm_files(dir: &Path) -> anyhow::Result<()> {
     secret_file(&dir.join("so-pin"), "so-pin-5678\n")?;
     Ok(())
 }
+
+/// `strongroom dev` with its core-sim, an admin, and a helper to log users in with the
+/// reference client (`strongroom-client`) — everything through the core, as a real device.
+pub struct World {
+    pub server: DevServer,
+    pub http: reqwest::Client,
+    pub admin: strongroom_client::Admin,
+    pub core_url: String,
+    pub ca_pem: PathBuf,
+    /// The organization whose KMS is the dev appliance.
+    pub org: Uuid,
+}
+
+impl World {
+    /// Starts `strongroom dev` (with core-sim) and creates an organization on its KMS.
+    pub async fn start(state: Option<&Path>) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let server = DevServer::start(state, &[])?;
+        let info = server.info.clone();
+        let core_url = info
+            .core_url
+            .clone()
+            .context("strongroom dev printed no core_url (core-sim not built?)")?;
+        let ca_pem = info.core_ca_pem.clone().context("no core_ca_pem")?;
+        let http = strongroom_client::https_client(&ca_pem)?;
+        let admin = strongroom_client::Admin::from_file(
+            http.clone(),
+            &core_url,
+            &info
+                .core_admin_token_file
+                .clone()
+                .context("no admin token file")?,
+        )?;
+        let org = admin.org("Acme", &info.kms_cluster).await?;
+        Ok(Self {
+            server,
+            http,
+            admin,
+            core_url,
+            ca_pem,
+            org,
+        })
+    }
+
+    /// Creates a user of `org` and logs one device in.
+    pub async fn user(
+        &self,
+        org: Uuid,
+        name: &str,
+        device: &str,
+    ) -> anyhow::Result<strongroom_client::Client> {
+        let email = format!("{name}-{}@example.test", Uuid::new_v4().simple());
+        self.admin.user(org, name, &email).await?;
+        self.login(&email, device).await
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        device: &str,
+    ) -> anyhow::Result<strongroom_client::Client> {
+        strongroom_client::Client::login(&self.http, &self.core_url, &self.ca_pem, email, device)
+            .await
+    }
+}

@@ -17,7 +17,11 @@ use uuid::Uuid;
 #[command(name = "strongroom-client", version)]
 struct Cli {
     /// Directory holding this device's state (state.json, mode 0600).
-    #[arg(long, env = "STRONGROOM_CLIENT_HOME", default_value = ".strongroom-client")]
+    #[arg(
+        long,
+        env = "STRONGROOM_CLIENT_HOME",
+        default_value = ".strongroom-client"
+    )]
     home: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -90,14 +94,22 @@ fn save(home: &Path, c: &Client) -> anyhow::Result<()> {
 
 async fn load(home: &Path) -> anyhow::Result<Client> {
     let p = state_path(home);
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("reading {} (run `strongroom-client login` first)", p.display()))?;
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "reading {} (run `strongroom-client login` first)",
+            p.display()
+        )
+    })?;
     let saved: Saved = serde_json::from_str(&text).context("state.json is damaged")?;
     Client::restore(saved).await
 }
 
 fn external(flag: bool) -> &'static str {
-    if flag { "  [EXTERNAL: people of another organization are in this room]" } else { "" }
+    if flag {
+        "  [EXTERNAL: people of another organization are in this room]"
+    } else {
+        ""
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -105,11 +117,21 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let mut c = match &cli.command {
-        Cmd::Login { core, ca, email, client_id } => {
+        Cmd::Login {
+            core,
+            ca,
+            email,
+            client_id,
+        } => {
             let http = strongroom_client::https_client(ca)?;
             let ca = std::path::absolute(ca)?;
             let c = Client::login(&http, core, &ca, email, client_id).await?;
-            println!("logged in as {} (org {}); KMS {}", c.user, c.org, c.kms_cluster());
+            println!(
+                "logged in as {} (org {}); KMS {}",
+                c.user,
+                c.org,
+                c.kms_cluster()
+            );
             c
         }
         _ => load(&cli.home).await?,
@@ -148,16 +170,23 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Send { room, text } => println!("sent #{}", c.send(room, &text).await?),
         Cmd::SendFile { room, path } => {
-            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let data =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             let name = path
                 .file_name()
                 .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
             println!("sent #{}", c.send_file(room, &name, &data).await?);
         }
-        Cmd::Read { room, after, save_files } => {
+        Cmd::Read {
+            room,
+            after,
+            save_files,
+        } => {
             for item in c.read(room, after).await? {
                 println!("{item}");
-                if let (Some(dir), strongroom_client::Item::File { name, data, .. }) = (&save_files, &item) {
+                if let (Some(dir), strongroom_client::Item::File { name, data, .. }) =
+                    (&save_files, &item)
+                {
                     let safe = Path::new(name).file_name().context("bad file name")?;
                     std::fs::create_dir_all(dir)?;
                     std::fs::write(dir.join(safe), data)?;
