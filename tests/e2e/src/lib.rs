@@ -299,13 +299,20 @@ pub struct World {
     pub ca_pem: PathBuf,
     /// The organization whose KMS is the dev appliance.
     pub org: Uuid,
+    /// The state directory when the caller gave none (removed on drop).
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl World {
     /// Starts `strongroom dev` (with core-sim) and creates an organization on its KMS.
     pub async fn start(state: Option<&Path>) -> anyhow::Result<Self> {
         install_crypto_provider();
-        let server = DevServer::start(state, &[])?;
+        let tmp = match state {
+            Some(_) => None,
+            None => Some(tempfile::tempdir()?),
+        };
+        let dir = state.or_else(|| tmp.as_ref().map(tempfile::TempDir::path));
+        let server = DevServer::start(dir, &[])?;
         let info = server.info.clone();
         let core_url = info
             .core_url
@@ -329,6 +336,7 @@ impl World {
             core_url,
             ca_pem,
             org,
+            _tmp: tmp,
         })
     }
 
