@@ -503,6 +503,22 @@ impl Client {
             .collect()
     }
 
+    /// Builds one KMS request on the channel without sending it (benchmarks: the same JWE
+    /// can go through the relay or straight to the KMS). Returns the JWE and its requestId.
+    pub fn kms_request(
+        &self,
+        method: &str,
+        uri: &str,
+        extra: Value,
+    ) -> anyhow::Result<(String, String)> {
+        Ok(self.kms()?.request(method, uri, extra)?)
+    }
+
+    /// Opens a KMS answer on the channel.
+    pub fn kms_open(&self, answer: &str) -> anyhow::Result<Value> {
+        Ok(self.kms()?.open(answer)?)
+    }
+
     /// One KMS request on the channel through the relay; a 499 reset re-handshakes once.
     pub async fn kms_call(
         &mut self,
