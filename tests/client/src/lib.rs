@@ -339,7 +339,7 @@ pub struct RoomState {
     pub read_seq: u64,
 }
 
-/// What the CLI keeps between runs (a 0600 file): tokens, and this device's keys.
+/// What the CLI keeps between runs (a 0600 file): tokens, the channel, this device's keys.
 #[derive(Serialize, Deserialize)]
 pub struct Saved {
     pub core_url: String,
@@ -349,6 +349,12 @@ pub struct Saved {
     pub login: Value,
     pub rooms: HashMap<Uuid, RoomState>,
     pub flow: Option<MembershipFlow>,
+    /// The ECDHE channel (URI, base64url key) and the KMS static key it was made with.
+    #[serde(default)]
+    pub channel: Option<(String, String, RsaPublicJwk)>,
+    /// This device's keys: URI → base64url key bytes.
+    #[serde(default)]
+    pub keys: HashMap<String, String>,
 }
 
 /// One user's device.
@@ -987,6 +993,15 @@ impl Client {
             login: self.login.clone(),
             rooms: self.rooms.clone(),
             flow: self.flow,
+            channel: self.kms.as_ref().and_then(|k| {
+                k.export_channel()
+                    .map(|(u, key)| (u, URL_SAFE_NO_PAD.encode(key), k.static_jwk().clone()))
+            }),
+            keys: self
+                .keys
+                .iter()
+                .map(|(u, k)| (u.clone(), URL_SAFE_NO_PAD.encode(k.expose())))
+                .collect(),
         }
     }
 
@@ -1003,7 +1018,43 @@ impl Client {
         )?;
         c.rooms = saved.rooms;
         c.flow = saved.flow;
-        c.handshake().await?;
+        for (u, k) in saved.keys {
+            if let Some(key) = URL_SAFE_NO_PAD
+                .decode(k)
+                .ok()
+                .and_then(|b| SecretKey32::from_slice(&b))
+            {
+                c.keys.insert(u, key);
+            }
+        }
+        let restored = match saved.channel {
+            Some((uri, key, jwk)) => {
+                let key: Option<[u8; 32]> = URL_SAFE_NO_PAD
+                    .decode(key)
+                    .ok()
+                    .and_then(|b| b.try_into().ok());
+                match key {
+                    Some(key) => {
+                        let kms_token = c.login["kms_token"].as_str().context("no kms_token")?;
+                        let mut kms = KmsClient::new(
+                            jwk,
+                            &c.destination,
+                            c.user,
+                            &c.client_id,
+                            SecretString::from(kms_token.to_owned()),
+                        )?;
+                        kms.import_channel(uri, key);
+                        c.kms = Some(kms);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            None => false,
+        };
+        if !restored {
+            c.handshake().await?;
+        }
         Ok(c)
     }
 }

@@ -57,6 +57,17 @@ async fn two_users_talk_with_the_cli() {
             &["login", "--core", &w.core_url, "--ca", &ca, "--email", e],
         ));
     }
+    // The channel is kept in the state: two runs, one channel (no second handshake).
+    let chan = |o: String| {
+        o.lines()
+            .find(|l| l.starts_with("channel "))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        chan(ok(&cli(&ha, &["whoami"]))),
+        chan(ok(&cli(&ha, &["whoami"])))
+    );
     let mode = std::fs::metadata(ha.join("state.json"))
         .unwrap()
         .permissions()

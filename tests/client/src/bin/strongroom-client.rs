@@ -1,7 +1,7 @@
 //! `strongroom-client`: the reference client on the command line. Each command loads the
-//! device state from `--home` (a 0600 `state.json`: tokens, the membership flow, and per
-//! room this device's key URI; key material is fetched again from the KMS), opens a fresh
-//! ECDHE channel through the core's relay, does its work and saves the state.
+//! device state from `--home` (a 0600 `state.json`: tokens, the ECDHE channel, the keys it
+//! holds, per room its own key), does its work through the core and saves the state. An
+//! expired channel (499) is replaced by a fresh handshake through the relay.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
