@@ -22,11 +22,12 @@ use base64::Engine as _;
 use secrecy::SecretString;
 use serde::Deserialize;
 use strongroom_hsm::{Hsm, HsmConfig};
+use strongroom_kms::auth::Issuer;
 use strongroom_kms::clock::{Clock, SystemClock};
 use uuid::Uuid;
 
 use crate::identity::DevIssuer;
-use crate::{certs, files, server};
+use crate::{certs, devcore, files, server};
 
 pub const DEV_TOKEN_LABEL: &str = "strongroom-dev";
 
@@ -50,6 +51,12 @@ pub struct DevArgs {
     /// Lifetime of ECDHE channel keys, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub channel_ttl_seconds: u32,
+    /// The core-sim binary to start (default: `core-sim` next to this executable).
+    #[arg(long, conflicts_with = "no_core")]
+    pub core_sim: Option<PathBuf>,
+    /// Do not start core-sim: a KMS alone, reachable only directly (the old dev mode).
+    #[arg(long)]
+    pub no_core: bool,
     /// Internal: the state directory is temporary and is removed on exit.
     #[arg(long, hide = true)]
     pub ephemeral: bool,
@@ -128,6 +135,12 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
         if ephemeral {
             cmd.arg("--ephemeral");
         }
+        if args.no_core {
+            cmd.arg("--no-core");
+        }
+        if let Some(c) = &args.core_sim {
+            cmd.arg("--core-sim").arg(std::path::absolute(c)?);
+        }
         let err = cmd.exec();
         bail!("re-executing with SOFTHSM2_CONF set failed: {err}");
     }
@@ -176,20 +189,70 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
     let x5c = vec![base64::engine::general_purpose::STANDARD.encode(&cert)];
 
     let issuer = Arc::new(DevIssuer::load_or_create(state)?);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let audience = format!("kms://{}", args.domain);
+    let mut issuers = vec![issuer.issuer()?];
+    let core = if args.no_core {
+        None
+    } else {
+        let bin = devcore::find_core_sim(args.core_sim.as_deref())?;
+        let core = devcore::start(&bin, state, &audience).await?;
+        issuers.push(
+            Issuer::from_jwks(&core.issuer, &core.jwks)
+                .map_err(|e| anyhow::anyhow!("core-sim's JWKS: {e}"))?,
+        );
+        Some(core)
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kms = crate::serve::start_kms(crate::serve::KmsParts {
         domain: &args.domain,
         hsm,
         state_dir: state.to_path_buf(),
         store_path: state.join("kms.redb"),
         cache_bytes: 64 * 1024 * 1024,
-        issuers: vec![issuer.issuer()?],
+        issuers,
         x5c,
         channel_ttl_seconds: args.channel_ttl_seconds,
     })
     .await?;
 
+    let health = crate::dialout::Health::default();
+    let mut core_fields = serde_json::Map::new();
+    let mut core_child = None;
+    if let Some(core) = core {
+        let ws = core.core_url.replacen("https://", "wss://", 1);
+        let dial = crate::dialout::DialOut {
+            url: format!("{ws}/realm/v1/connect").parse()?,
+            realm_token: files::read_secret_string(&core.realm_token_file)?,
+            tls: Some(crate::pinning::client_config(vec![core.ca_der.clone()])?),
+            kms: Arc::clone(&kms),
+            health: health.clone(),
+        };
+        tokio::spawn(dial.run());
+        // The line promises a working relay: wait for the first welcome.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while health.get() != crate::dialout::CoreState::Connected {
+            if tokio::time::Instant::now() > deadline {
+                bail!("the dial-out to core-sim did not connect within 20 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        core_fields.insert("core_url".into(), core.core_url.clone().into());
+        core_fields.insert(
+            "core_ca_pem".into(),
+            core.ca_pem.display().to_string().into(),
+        );
+        core_fields.insert(
+            "core_admin_token_file".into(),
+            core.admin_token_file.display().to_string().into(),
+        );
+        core_fields.insert(
+            "core_state_dir".into(),
+            core.state_dir.display().to_string().into(),
+        );
+        core_fields.insert("core_pid".into(), core.child.id().into());
+        core_fields.insert("core_command".into(), core.command.clone().into());
+        core_child = Some(core.child);
+    }
     let dev = DevState {
         issuer,
         audience: audience.clone(),
@@ -203,13 +266,16 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "kms_url": format!("http://{addr}"),
         "kms_cluster": audience,
         "static_jwk": kms.static_jwk(),
         "token_url": format!("http://{addr}/dev/token"),
         "state_dir": state,
     });
+    if let Some(obj) = line.as_object_mut() {
+        obj.extend(core_fields);
+    }
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -217,7 +283,11 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%addr, state = %state.display(), "strongroom dev is serving");
-    server::serve_plain(listener, app).await
+    let result = server::serve_plain(listener, app).await;
+    if let Some(mut child) = core_child {
+        let _ = child.kill().await;
+    }
+    result
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ mod backup;
 mod certs;
 mod config;
 mod dev;
+mod devcore;
 mod dialout;
 mod files;
 mod identity;

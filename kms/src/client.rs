@@ -188,6 +188,27 @@ impl KmsClient {
         serde_json::from_slice(&bytes).map_err(|_| ClientError::Unexpected("not JSON".into()))
     }
 
+    /// The channel's URI and key, for a client that keeps its channel between runs in a
+    /// file only its user can read (the reference CLI). `None` before the handshake.
+    pub fn export_channel(&self) -> Option<(String, [u8; 32])> {
+        self.channel
+            .as_ref()
+            .map(|c| (c.uri.clone(), *c.key.expose()))
+    }
+
+    /// Restores a channel saved by [`KmsClient::export_channel`]. If the KMS no longer
+    /// knows it, its answer is a 499 reset and the caller handshakes again.
+    pub fn import_channel(&mut self, uri: String, key: [u8; 32]) {
+        self.channel = Some(ChannelKey {
+            uri,
+            key: SecretKey32::from_bytes(key),
+        });
+    }
+
+    pub fn static_jwk(&self) -> &RsaPublicJwk {
+        &self.static_jwk
+    }
+
     /// Forgets the channel (after status 499, or to rotate it).
     pub fn reset(&mut self) {
         self.channel = None;

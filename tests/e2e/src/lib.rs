@@ -37,6 +37,20 @@ pub struct DevInfo {
     pub static_jwk: RsaPublicJwk,
     pub token_url: String,
     pub state_dir: PathBuf,
+    /// The simulated core `strongroom dev` started (absent with `--no-core`).
+    #[serde(default)]
+    pub core_url: Option<String>,
+    #[serde(default)]
+    pub core_ca_pem: Option<PathBuf>,
+    #[serde(default)]
+    pub core_admin_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub core_state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub core_pid: Option<u32>,
+    /// The command line that started core-sim (to restart it on the same port and state).
+    #[serde(default)]
+    pub core_command: Vec<String>,
 }
 
 /// Finds the `strongroom` binary: `$STRONGROOM_BIN`, else next to (or above) this executable.
@@ -116,11 +130,21 @@ impl DevServer {
         self.child.id()
     }
 
-    /// `kill -9`: no chance to flush anything.
+    /// `kill -9`: no chance to flush anything. The core-sim it started goes too.
     pub fn kill9(mut self) -> anyhow::Result<()> {
         self.child.kill()?;
         self.child.wait()?;
+        self.kill_core();
         Ok(())
+    }
+
+    fn kill_core(&self) {
+        if let Some(pid) = self.info.core_pid {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -136,6 +160,7 @@ impl Drop for DevServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.kill_core();
     }
 }
 
@@ -290,4 +315,77 @@ pub fn membership_part(
         other => bail!("unknown membership op {other}"),
     };
     Ok((jwe, nonce))
+}
+
+/// `strongroom dev` with its core-sim, an admin, and a helper to log users in with the
+/// reference client (`strongroom-client`) — everything through the core, as a real device.
+pub struct World {
+    pub server: DevServer,
+    pub http: reqwest::Client,
+    pub admin: strongroom_client::Admin,
+    pub core_url: String,
+    pub ca_pem: PathBuf,
+    /// The organization whose KMS is the dev appliance.
+    pub org: Uuid,
+    /// The state directory when the caller gave none (removed on drop).
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl World {
+    /// Starts `strongroom dev` (with core-sim) and creates an organization on its KMS.
+    pub async fn start(state: Option<&Path>) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let tmp = match state {
+            Some(_) => None,
+            None => Some(tempfile::tempdir()?),
+        };
+        let dir = state.or_else(|| tmp.as_ref().map(tempfile::TempDir::path));
+        let server = DevServer::start(dir, &[])?;
+        let info = server.info.clone();
+        let core_url = info
+            .core_url
+            .clone()
+            .context("strongroom dev printed no core_url (core-sim not built?)")?;
+        let ca_pem = info.core_ca_pem.clone().context("no core_ca_pem")?;
+        let http = strongroom_client::https_client(&ca_pem)?;
+        let admin = strongroom_client::Admin::from_file(
+            http.clone(),
+            &core_url,
+            &info
+                .core_admin_token_file
+                .clone()
+                .context("no admin token file")?,
+        )?;
+        let org = admin.org("Acme", &info.kms_cluster).await?;
+        Ok(Self {
+            server,
+            http,
+            admin,
+            core_url,
+            ca_pem,
+            org,
+            _tmp: tmp,
+        })
+    }
+
+    /// Creates a user of `org` and logs one device in.
+    pub async fn user(
+        &self,
+        org: Uuid,
+        name: &str,
+        device: &str,
+    ) -> anyhow::Result<strongroom_client::Client> {
+        let email = format!("{name}-{}@example.test", Uuid::new_v4().simple());
+        self.admin.user(org, name, &email).await?;
+        self.login(&email, device).await
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        device: &str,
+    ) -> anyhow::Result<strongroom_client::Client> {
+        strongroom_client::Client::login(&self.http, &self.core_url, &self.ca_pem, email, device)
+            .await
+    }
 }
