@@ -911,7 +911,10 @@ impl Client {
         ];
         for (field, want) in expect {
             if r[field] != want {
-                bail!("the membership receipt's {field} is {}, not {want}", r[field]);
+                bail!(
+                    "the membership receipt's {field} is {}, not {want}",
+                    r[field]
+                );
             }
         }
         self.after_membership(room, subject, add).await?;

@@ -29,7 +29,8 @@ fn audit(args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_show_export_and_tamper_detection() {
     let state = tempfile::tempdir().unwrap();
-    let server = DevServer::start(Some(state.path()), &["--rsa-bits", "2048"]).unwrap();
+    let server =
+        DevServer::start(Some(state.path()), &["--rsa-bits", "2048", "--no-core"]).unwrap();
     let http = strongroom_e2e::http_client();
     let (alice, eve) = (Uuid::new_v4(), Uuid::new_v4());
     let a = Session::connect(&http, &server.info, alice, "a")
