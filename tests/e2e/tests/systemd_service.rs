@@ -264,7 +264,7 @@ async fn serves_under_memory_deny_write_execute() {
     let probe = Command::new("python3")
         .args(["-c", MDWE_WRAPPER, "/bin/true"])
         .status();
-    match probe.map(|s| s.code()) {
+    match probe.as_ref().map(std::process::ExitStatus::code) {
         Ok(Some(0)) => {}
         Ok(Some(77)) => {
             eprintln!("SKIP: this kernel has no PR_SET_MDWE");
