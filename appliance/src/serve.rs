@@ -322,7 +322,7 @@ fn close_audit(audit: Arc<strongroom_audit::AuditLog>) {
     match Arc::try_unwrap(audit) {
         Ok(log) => match log.close() {
             Ok(Some(cp)) => {
-                tracing::info!(size = cp.size(), "audit log closed with a final checkpoint")
+                tracing::info!(size = cp.size(), "audit log closed with a final checkpoint");
             }
             Ok(None) => tracing::warn!("audit log closed without a final checkpoint"),
             Err(e) => tracing::error!(error = %e, "closing the audit log failed"),

@@ -18,15 +18,15 @@ pub struct VersionArgs {
 }
 
 pub fn text(verbose: bool) -> String {
-    let mut s = format!("strongroom {}\n", env!("CARGO_PKG_VERSION"));
-    if verbose {
-        s.push_str(&format!(
-            "source commit: {SOURCE_COMMIT}\nCargo.lock sha256: {CARGO_LOCK_SHA256}\ntoolchain: {RUSTC}\ntarget: {}\nprofile: {}\n",
-            env!("STRONGROOM_TARGET"),
-            env!("STRONGROOM_PROFILE"),
-        ));
+    let version = format!("strongroom {}\n", env!("CARGO_PKG_VERSION"));
+    if !verbose {
+        return version;
     }
-    s
+    format!(
+        "{version}source commit: {SOURCE_COMMIT}\nCargo.lock sha256: {CARGO_LOCK_SHA256}\ntoolchain: {RUSTC}\ntarget: {}\nprofile: {}\n",
+        env!("STRONGROOM_TARGET"),
+        env!("STRONGROOM_PROFILE"),
+    )
 }
 
 /// Shell completions for `shell` on stdout (generated into memory first: clap_complete

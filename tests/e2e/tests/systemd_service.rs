@@ -177,7 +177,7 @@ async fn notify_conversation(a: &Appliance, wrapper: &[&str]) -> Vec<String> {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut child = a.serve(&sock_path, wrapper);
     let mut seen = Vec::new();
-    read_until(&sock, "READY=1", Duration::from_secs(60), &mut seen);
+    read_until(&sock, "READY=1", Duration::from_mins(1), &mut seen);
     // READY=1 means listening: the first request right after it must succeed.
     let health = a.healthz().await;
     assert_eq!(health["status"], "ok", "{health}");
@@ -240,7 +240,7 @@ async fn no_watchdog_pings_unless_asked() {
         .spawn()
         .unwrap();
     let mut seen = Vec::new();
-    read_until(&sock, "READY=1", Duration::from_secs(60), &mut seen);
+    read_until(&sock, "READY=1", Duration::from_mins(1), &mut seen);
     std::thread::sleep(Duration::from_millis(600));
     sigterm(&child);
     read_until(&sock, "STOPPING=1", Duration::from_secs(10), &mut seen);
