@@ -39,6 +39,8 @@ build_release() {
   local bin="$CARGO_TARGET_DIR/release/strongroom"
   rm -rf "$GEN"
   mkdir -p "$GEN/completions" "$DIST"
+  # The shipped binary carries no symbol table (Debian policy; same bytes in .deb and .rpm).
+  strip --strip-all -o "$GEN/strongroom" "$bin"
   "$bin" man | gzip -9n > "$GEN/strongroom.1.gz"
   "$bin" completions bash > "$GEN/completions/strongroom.bash"
   "$bin" completions zsh > "$GEN/completions/_strongroom"
