@@ -47,6 +47,9 @@ build_release() {
   "$bin" completions fish > "$GEN/completions/strongroom.fish"
   "$bin" config example > "$GEN/strongroom.toml"
   touch -d "@$SOURCE_DATE_EPOCH" "$GEN"/* "$GEN"/completions/*
+  # cargo-generate-rpm only clamps newer mtimes, so a file older than the commit (as in a
+  # long-lived checkout) would keep its own: give the packaged source files the commit time.
+  touch -d "@$SOURCE_DATE_EPOCH" packaging/systemd/* packaging/softhsm2.conf docs/verify-a-release.md
 }
 
 # need_tool NAME VERSION: installs a pinned cargo tool into $STRONGROOM_TOOLS unless there.
