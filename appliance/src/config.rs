@@ -326,7 +326,10 @@ token_label = "strongroom"
 pin_file = "/etc/strongroom/hsm-pin"
 # Only `strongroom init` reads the SO PIN, to create a SoftHSM2 token that does not exist yet.
 so_pin_file = "/etc/strongroom/hsm-so-pin"
-# softhsm2_conf = "/etc/strongroom/softhsm2.conf"
+# SoftHSM2's configuration: the packages install one whose token store is
+# /var/lib/strongroom/softhsm/tokens, readable by the strongroom user only
+# (docs/adr/0007-packaging.md). Omit it to use SOFTHSM2_CONF or SoftHSM2's default.
+softhsm2_conf = "/etc/strongroom/softhsm2.conf"
 wrap_mechanism = "aes-key-wrap"
 # Size of the static RSA key `init` generates (2048, 3072 or 4096).
 rsa_bits = 3072

@@ -16,13 +16,15 @@ mod pinning;
 mod serve;
 mod server;
 mod status;
+mod systemd;
+mod version;
 
 use clap::{Parser, Subcommand};
 
 /// strongroom: the on-premises security realm (KMS with HSM-held root keys).
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Cli {
+#[command(name = "strongroom", version, about, long_about = None)]
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +49,14 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup made with the same HSM keys.
     Restore(backup::RestoreArgs),
+    /// Print the version; --verbose adds the source commit, Cargo.lock hash and toolchain.
+    Version(version::VersionArgs),
+    /// Print shell completions (bash, zsh, fish, ...); used when building the packages.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff); used when building the packages.
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +68,11 @@ enum ConfigCommand {
 }
 
 fn init_logging() {
+    // Under systemd the journal gets structured records; elsewhere (and if the journal
+    // socket is unreachable) human-readable lines on stderr.
+    if systemd::under_systemd() && systemd::log_to_journal() {
+        return;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -94,6 +109,12 @@ fn main() -> std::process::ExitCode {
             Ok(code) => return std::process::ExitCode::from(code),
             Err(e) => Err(e),
         },
+        Command::Version(args) => {
+            print!("{}", version::text(args.verbose));
+            Ok(())
+        }
+        Command::Completions { shell } => version::completions(shell),
+        Command::Man => version::man(),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::EXAMPLE);
             Ok(())

@@ -287,7 +287,8 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let mut audit = None;
+    let served = rt.block_on(async {
         let kms = start_kms(KmsParts {
             domain: &cfg.domain,
             hsm,
@@ -299,6 +300,7 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             channel_ttl_seconds: cfg.channel_ttl_seconds,
         })
         .await?;
+        audit = Some(Arc::clone(kms.audit()));
         let health = crate::dialout::Health::default();
         if let Some(core) = &cfg.core {
             let dial = crate::dialout::DialOut {
@@ -314,6 +316,8 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         tracing::info!(listen = %listener.local_addr()?, domain = %cfg.domain, "strongroom is serving (HTTPS)");
+        crate::systemd::ready();
+        crate::systemd::spawn_watchdog();
         let with_core = cfg.core.is_some();
         let route_health = health.clone();
         let health_route = axum::routing::get(move |axum::extract::State(kms): axum::extract::State<Arc<Kms>>| {
@@ -333,5 +337,26 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             }
         }
         server::serve_tls(listener, app, tls).await
-    })
+    });
+    // Ends the tasks that still hold the KMS (dial-out, unfinished connections) so ours is
+    // the last reference to the audit log, then closes it: the final checkpoint is signed.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    if let Some(audit) = audit {
+        close_audit(audit);
+    }
+    served
+}
+
+fn close_audit(audit: Arc<strongroom_audit::AuditLog>) {
+    match Arc::try_unwrap(audit) {
+        Ok(log) => match log.close() {
+            Ok(Some(cp)) => {
+                tracing::info!(size = cp.size(), "audit log closed with a final checkpoint");
+            }
+            Ok(None) => tracing::warn!("audit log closed without a final checkpoint"),
+            Err(e) => tracing::error!(error = %e, "closing the audit log failed"),
+        },
+        // Still shared: it closes (and checkpoints) when the last holder drops it.
+        Err(_) => tracing::warn!("audit log still in use at exit; it closes when released"),
+    }
 }

@@ -57,12 +57,19 @@ pub fn tls_config(cert_pem: &Path, key_pem: &Path) -> anyhow::Result<Arc<rustls:
     Ok(Arc::new(cfg))
 }
 
+/// How long a SIGTERM waits for in-flight requests before closing what is left (well under
+/// systemd's default `TimeoutStopSec`).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves HTTPS until SIGTERM/SIGINT, then stops accepting, tells systemd STOPPING=1 and
+/// drains the open connections (hyper's graceful shutdown, at most [`DRAIN`]).
 pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     tls: Arc<rustls::ServerConfig>,
 ) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -71,10 +78,11 @@ pub async fn serve_tls(
                 Ok(x) => x,
                 Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -84,12 +92,25 @@ pub async fn serve_tls(
                 }
             };
             let svc = TowerToHyperService::new(app);
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    crate::systemd::stopping();
+    let open = graceful.count();
+    tracing::info!(
+        open_connections = open,
+        "shutting down: draining connections"
+    );
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain period; closing them");
+    }
+    Ok(())
 }
