@@ -82,7 +82,7 @@ struct CheckArgs {
 }
 
 fn parse_check(args: &[String]) -> anyhow::Result<CheckArgs> {
-    let mut get = |name: &str| -> anyhow::Result<Option<String>> {
+    let get = |name: &str| -> anyhow::Result<Option<String>> {
         Ok(args
             .iter()
             .position(|a| a == name)
@@ -128,8 +128,8 @@ async fn check(args: &[String]) -> anyhow::Result<()> {
     let base = format!("https://{}:{}", a.domain, a.connect.port());
 
     // 1. /healthz, with a deadline: the service starts after the first boot's init.
-    let mut last = String::from("no answer yet");
     loop {
+        let last;
         match http.get(format!("{base}/healthz")).send().await {
             Ok(r) if r.status().is_success() => {
                 let body: Value = r.json().await?;
