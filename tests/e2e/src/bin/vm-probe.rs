@@ -83,11 +83,14 @@ struct CheckArgs {
 
 fn parse_check(args: &[String]) -> anyhow::Result<CheckArgs> {
     let get = |name: &str| -> anyhow::Result<Option<String>> {
-        Ok(args
-            .iter()
+        args.iter()
             .position(|a| a == name)
-            .map(|i| args.get(i + 1).cloned().context(format!("{name} wants a value")))
-            .transpose()?)
+            .map(|i| {
+                args.get(i + 1)
+                    .cloned()
+                    .context(format!("{name} wants a value"))
+            })
+            .transpose()
     };
     let need = |v: Option<String>, name: &str| v.with_context(|| format!("{name} is required"));
     Ok(CheckArgs {
@@ -123,7 +126,7 @@ async fn check(args: &[String]) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .resolve(&a.domain, a.connect)
-        .timeout(Duration::from_secs(60))
+        .timeout(Duration::from_mins(1))
         .build()?;
     let base = format!("https://{}:{}", a.domain, a.connect.port());
 
@@ -164,7 +167,10 @@ async fn check(args: &[String]) -> anyhow::Result<()> {
         .json()
         .await?;
     if discovery["kmsCluster"] != cluster.as_str() {
-        bail!("discovery names {} instead of {cluster}", discovery["kmsCluster"]);
+        bail!(
+            "discovery names {} instead of {cluster}",
+            discovery["kmsCluster"]
+        );
     }
     let jwk: RsaPublicJwk = serde_json::from_str(
         discovery["rsaPublicKey"]
