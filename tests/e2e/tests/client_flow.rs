@@ -163,6 +163,20 @@ async fn the_core_learns_no_plaintext_and_no_key() {
     let found = scan(&core_dir, &secrets);
     assert!(found.is_empty(), "the core holds secrets: {found:#?}");
 
+    // Nor does the appliance's audit log (issue 4, R14): no plaintext, no key, no token.
+    let mut audit_secrets = secrets.clone();
+    for c in [&alice, &bob, &carol] {
+        let login = c.save().login;
+        for t in ["core_token", "kms_token"] {
+            let sig = login[t].as_str().unwrap().rsplit('.').next().unwrap();
+            audit_secrets.push((format!("{t} signature"), sig.as_bytes().to_vec()));
+        }
+    }
+    let audit_dir = w.server.info.state_dir.join("audit");
+    assert!(std::fs::read_dir(&audit_dir).unwrap().count() > 0);
+    let found = scan(&audit_dir, &audit_secrets);
+    assert!(found.is_empty(), "the audit log holds secrets: {found:#?}");
+
     // The scanner would find them: plant each form of two secrets in a copy and scan again.
     let planted = tempfile::tempdir().unwrap();
     for (i, (_, s)) in [&secrets[0], secrets.last().unwrap()].iter().enumerate() {
