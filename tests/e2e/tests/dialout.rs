@@ -87,20 +87,7 @@ fn start_core(dir: &Path, pki_name: &str, port: u16) -> Core {
 }
 
 fn https(dir: &Path) -> reqwest::Client {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    strongroom_e2e::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(dir.join("good-root.pem")).unwrap())
-        .unwrap();
-    let tls = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap()
+    strongroom_client::https_client(&dir.join("good-root.pem")).unwrap()
 }
 
 async fn relay(
