@@ -380,12 +380,37 @@ mod tests {
             }
             plant(opened.store.as_ref(), &mut acks);
         }
+        if engine == Engine::Sled {
+            wait_for_sled_to_let_go(&dir);
+        }
         let acks_path = tmp.path().join("acks");
         std::fs::File::create(&acks_path)
             .unwrap()
             .write_all(acks.as_bytes())
             .unwrap();
         (tmp, acks_path)
+    }
+
+    /// sled releases its directory lock from background threads some time
+    /// after the last `Db` handle is dropped. In the real test the writer is a
+    /// killed process, so this only matters when writer and checker share a
+    /// process: wait (bounded) until the lock on `db` can be taken, the same
+    /// `flock` sled itself uses.
+    fn wait_for_sled_to_let_go(dir: &std::path::Path) {
+        let file = std::fs::File::open(dir.join("db")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    file.unlock().unwrap();
+                    return;
+                }
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("sled still holds {}: {e}", dir.display()),
+            }
+        }
     }
 
     fn verdict_for(engine: Engine, plant: impl FnOnce(&dyn Store, &mut String)) -> Verdict {
