@@ -24,6 +24,22 @@ struct RawConfig {
     core: Option<RawCore>,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_group_commit_window_us")]
+    group_commit_window_us: u32,
+}
+
+/// Default audit group-commit window (docs/benchmarks.md, "The cost of auditing").
+pub const DEFAULT_GROUP_COMMIT_WINDOW_US: u32 = 1000;
+
+fn default_group_commit_window_us() -> u32 {
+    DEFAULT_GROUP_COMMIT_WINDOW_US
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +143,8 @@ pub struct Config {
     pub core: Option<CoreConfig>,
     /// Where `/metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest wait for more records before an audit flush under load (R16).
+    pub audit_group_window: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -199,6 +217,13 @@ impl TryFrom<RawConfig> for Config {
                 })
             }
         };
+        let group_commit_window_us = raw
+            .audit
+            .as_ref()
+            .map_or(DEFAULT_GROUP_COMMIT_WINDOW_US, |a| a.group_commit_window_us);
+        if group_commit_window_us > 100_000 {
+            bail!("audit.group_commit_window_us must be between 0 and 100000");
+        }
         let static_certificate = raw
             .kms
             .static_certificate
@@ -224,6 +249,9 @@ impl TryFrom<RawConfig> for Config {
             rsa_bits: raw.hsm.rsa_bits,
             core,
             metrics_listen: raw.metrics.map(|m| m.listen),
+            audit_group_window: std::time::Duration::from_micros(u64::from(
+                group_commit_window_us,
+            )),
             issuers: raw
                 .auth
                 .issuers
@@ -343,6 +371,12 @@ jwks_file = "/etc/strongroom/idp-jwks.json"
 [metrics]
 listen = "127.0.0.1:9464"
 
+# The audit log (R16): every KMS decision is durable before its answer. Under load the
+# writer waits up to this long (microseconds) for more records so that one flush serves
+# many; it never waits at low load. 0 flushes every group at once.
+[audit]
+group_commit_window_us = 1000
+
 # The hosted core this realm dials out to (no inbound port is needed). Only the roots in
 # pinned_roots are trusted, each must have pathLenConstraint 0, and chains with an
 # intermediate are refused (R21).
@@ -385,6 +419,26 @@ mod tests {
         assert!(Config::parse(&bad).is_err());
         let relative = EXAMPLE.replace("\"/var/lib/strongroom\"", "\"var/lib\"");
         assert!(Config::parse(&relative).is_err());
+    }
+
+    #[test]
+    fn the_audit_group_window_is_bounded_and_defaults_when_absent() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.audit_group_window, std::time::Duration::from_millis(1));
+        let off = EXAMPLE.replace("group_commit_window_us = 1000", "group_commit_window_us = 0");
+        assert!(Config::parse(&off).unwrap().audit_group_window.is_zero());
+        let long = EXAMPLE.replace(
+            "group_commit_window_us = 1000",
+            "group_commit_window_us = 100001",
+        );
+        let e = Config::parse(&long).unwrap_err().to_string();
+        assert!(e.contains("audit.group_commit_window_us"), "{e}");
+        let absent = EXAMPLE.replace("[audit]\ngroup_commit_window_us = 1000\n", "");
+        assert_ne!(absent, EXAMPLE);
+        assert_eq!(
+            Config::parse(&absent).unwrap().audit_group_window,
+            std::time::Duration::from_micros(u64::from(DEFAULT_GROUP_COMMIT_WINDOW_US))
+        );
     }
 
     #[test]

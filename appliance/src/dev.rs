@@ -212,6 +212,9 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         issuers,
         x5c,
         channel_ttl_seconds: args.channel_ttl_seconds,
+        audit_group_window: std::time::Duration::from_micros(u64::from(
+            crate::config::DEFAULT_GROUP_COMMIT_WINDOW_US,
+        )),
     })
     .await?;
 

@@ -43,6 +43,7 @@ pub struct Metrics {
     audit_checkpoint: Gauge,
     audit_writable: Gauge,
     audit_signing: Gauge,
+    audit_flushes: Gauge,
     storage_healthy: Gauge,
     hsm_connected: Gauge,
     hsm_idle: Gauge,
@@ -139,6 +140,11 @@ impl Metrics {
             ),
             audit_writable: gauge(r, "audit_writable", "1 while the audit log accepts appends"),
             audit_signing: gauge(r, "audit_signing", "1 while checkpoints are being signed"),
+            audit_flushes: gauge(
+                r,
+                "audit_flushes",
+                "Audit record groups written and flushed since start (records / flushes = mean group size)",
+            ),
             storage_healthy: gauge(r, "storage_healthy", "1 while the store is readable"),
             hsm_connected: gauge(r, "hsm_connected", "1 while logged in to the HSM token"),
             hsm_idle: gauge(r, "hsm_sessions_idle", "Idle HSM sessions in the pool"),
@@ -207,6 +213,7 @@ impl Metrics {
         self.audit_checkpoint.set(a.checkpointed.map_or(-1, to_i64));
         self.audit_writable.set(i64::from(a.writable));
         self.audit_signing.set(i64::from(a.signing));
+        self.audit_flushes.set(to_i64(a.flushes));
         let p = kms.hsm().pool_stats();
         self.hsm_connected.set(i64::from(p.connected));
         self.hsm_idle.set(i64::try_from(p.idle).unwrap_or(i64::MAX));

@@ -57,6 +57,7 @@ pub struct KmsParts<'a> {
     pub issuers: Vec<Issuer>,
     pub x5c: Vec<String>,
     pub channel_ttl_seconds: u32,
+    pub audit_group_window: std::time::Duration,
 }
 
 /// Opens the audit log in `<state>/audit`, checkpoints signed by the HSM's P-256 key. Each
@@ -66,6 +67,7 @@ pub fn open_audit(
     state_dir: &Path,
     domain: &str,
     hsm: &Hsm,
+    group_window: std::time::Duration,
 ) -> anyhow::Result<Arc<strongroom_audit::AuditLog>> {
     let origin = audit_origin(domain);
     let mut cfg = strongroom_audit::LogConfig::new(state_dir.join("audit"), &origin);
@@ -73,6 +75,7 @@ pub fn open_audit(
         tracing::info!(target: "strongroom::audit::checkpoint", size = cp.size(), note = %cp.note(), "audit checkpoint");
     }));
     cfg.on_record = crate::journal::audit_mirror();
+    cfg.group_window = group_window;
     let signer = Arc::new(
         strongroom_audit::HsmSigner::new(hsm.clone()).context("audit signing key in the HSM")?,
     );
@@ -89,7 +92,12 @@ pub fn open_audit(
 }
 
 pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
-    let audit = open_audit(&parts.state_dir, parts.domain, &parts.hsm)?;
+    let audit = open_audit(
+        &parts.state_dir,
+        parts.domain,
+        &parts.hsm,
+        parts.audit_group_window,
+    )?;
     let store = Arc::new(
         RedbStore::open(&parts.store_path, parts.cache_bytes)
             .with_context(|| format!("opening {}", parts.store_path.display()))?,
@@ -298,6 +306,7 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             issuers,
             x5c,
             channel_ttl_seconds: cfg.channel_ttl_seconds,
+            audit_group_window: cfg.audit_group_window,
         })
         .await?;
         audit = Some(Arc::clone(kms.audit()));

@@ -6,8 +6,9 @@
 //! - [`record`]: the versioned record schema (canonical one-line JSON). Callers build an
 //!   [`Event`] from typed values only (enums, UUIDs, validated `kms://` URIs), so no key
 //!   material, token, plaintext or real identity can be recorded (R14, R22).
-//! - [`AuditLog`]: append-only segmented files with group commit. `append` returns once
-//!   the record is fsynced; on any I/O failure it returns [`Error::Io`], the log reports
+//! - [`AuditLog`]: append-only segmented files with group commit (under load an adaptive
+//!   window, [`LogConfig::group_window`], lets one flush serve more records). `append`
+//!   returns once the record is fsynced; on any I/O failure it returns [`Error::Io`], the log reports
 //!   unhealthy ([`AuditLog::health`]) and recovers by itself when writing works again.
 //! - [`tree`]: the RFC 9162 Merkle tree (tlog_tiles); the leaf is the exact bytes of a
 //!   record line. [`SignedCheckpoint`]: C2SP tlog-checkpoint in a signed note, ECDSA

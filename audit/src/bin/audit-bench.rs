@@ -43,21 +43,33 @@ fn main() -> BoxResult<()> {
         || std::env::temp_dir().join(format!("audit-bench-{}", std::process::id())),
         PathBuf::from,
     );
+    let window_us: u64 = args.next().map_or(Ok(0), |a| a.parse())?;
     let domain: Domain = "kms.example.com".parse()?;
     let signer = Arc::new(SoftwareSigner::from_bytes(&[42; 32])?);
     let origin = "kms.example.com/audit";
     let key = LogKey::new(origin, signer.public_key())?;
     println!(
-        "audit-bench: {records} records, {threads} writer threads, {}",
+        "audit-bench: {records} records, {threads} writer threads, group window {window_us} µs, {}",
         dir.display()
     );
 
     // 1. Durable single-record appends from many threads (group commit).
     let concurrent = (records / 5).clamp(1, 200_000);
-    let log = Arc::new(AuditLog::open(
-        LogConfig::new(&dir, origin),
-        signer.clone(),
-    )?);
+    let mut config = LogConfig::new(&dir, origin);
+    config.group_window = std::time::Duration::from_micros(window_us);
+    let log = Arc::new(AuditLog::open(config, signer.clone())?);
+    let groups = |log: &AuditLog, since: (u64, u64)| {
+        let h = log.health();
+        let (records, flushes) = (h.size - since.0, h.flushes - since.1);
+        (
+            (h.size, h.flushes),
+            format!(
+                "{flushes} flushes, {:.1} records per flush",
+                records as f64 / flushes.max(1) as f64
+            ),
+        )
+    };
+    let mark = (0, 0);
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let handles: Vec<_> = (0..threads)
@@ -78,8 +90,9 @@ fn main() -> BoxResult<()> {
         h.join().map_err(|_| "writer thread panicked")??;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (mark, stats) = groups(&log, mark);
     println!(
-        "durable appends (1 record per call, {threads} threads): {concurrent} in {secs:.2} s = {:.0}/s",
+        "durable appends (1 record per call, {threads} threads): {concurrent} in {secs:.2} s = {:.0}/s; {stats}",
         concurrent as f64 / secs
     );
 
@@ -117,8 +130,9 @@ fn main() -> BoxResult<()> {
         h.join().map_err(|_| "submitter thread panicked")??;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (_, stats) = groups(&log, mark);
     println!(
-        "durable appends (submit, 4 x 1024 in flight): {in_flight} in {secs:.2} s = {:.0}/s",
+        "durable appends (submit, 4 x 1024 in flight): {in_flight} in {secs:.2} s = {:.0}/s; {stats}",
         in_flight as f64 / secs
     );
 

@@ -30,6 +30,28 @@ pub(super) struct Committer {
     /// A write failed: the segment must be cut back before the next write.
     broken: bool,
     signing_ok: bool,
+    /// Append calls per second, smoothed over recent groups (drives the group window).
+    rate: f64,
+    /// When the previous group was taken.
+    last_group_at: Instant,
+}
+
+/// Weight of the newest group in the smoothed arrival rate.
+const RATE_ALPHA: f64 = 0.25;
+
+/// The group-commit wait (see [`LogConfig::group_window`]) for a group of `n` calls
+/// when calls arrive at `rate` per second: none unless the window would bring at least
+/// a quarter of `target` more calls, and never longer than reaching `target` takes.
+fn group_wait(window: Duration, target: usize, rate: f64, n: usize) -> Option<Duration> {
+    if window.is_zero() || n >= target || rate <= 0.0 {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "group sizes are small")]
+    let (missing, quarter) = ((target - n) as f64, target as f64 / 4.0);
+    if rate * window.as_secs_f64() < quarter {
+        return None;
+    }
+    Some(Duration::from_secs_f64(missing / rate).min(window))
 }
 
 impl Committer {
@@ -57,6 +79,8 @@ impl Committer {
             last_checkpoint_at: Instant::now(),
             broken: false,
             signing_ok: true,
+            rate: 0.0,
+            last_group_at: Instant::now(),
         }
     }
 
@@ -65,12 +89,14 @@ impl Committer {
             match rx.recv_timeout(self.timeout()) {
                 Ok(first) => {
                     let mut group = vec![first];
-                    while group.len() < self.config.max_group {
-                        match rx.try_recv() {
-                            Ok(job) => group.push(job),
-                            Err(_) => break,
-                        }
+                    self.drain(rx, &mut group);
+                    if let Some(wait) = self.group_wait(group.len()) {
+                        // Sleep rather than wait on the channel: senders do not wake a
+                        // sleeping thread, so the whole group costs one wake-up.
+                        std::thread::sleep(wait);
+                        self.drain(rx, &mut group);
                     }
+                    self.note_group(group.len());
                     self.commit(group);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.tick(),
@@ -81,6 +107,38 @@ impl Committer {
         }
         self.checkpoint_if_unsigned();
         lock_poisoned(&self.shared.latest).clone()
+    }
+
+    /// Takes queued jobs without blocking, up to `max_group`.
+    fn drain(&self, rx: &mpsc::Receiver<Job>, group: &mut Vec<Job>) {
+        while group.len() < self.config.max_group {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// How long to wait for more calls before writing a group of `n`; `None` at low load.
+    fn group_wait(&self, n: usize) -> Option<Duration> {
+        group_wait(
+            self.config.group_window,
+            self.config.group_target,
+            self.rate,
+            n,
+        )
+    }
+
+    /// Updates the smoothed arrival rate with a group of `n` calls taken now.
+    fn note_group(&mut self, n: usize) {
+        let now = Instant::now();
+        let gap = now.duration_since(self.last_group_at).as_secs_f64();
+        self.last_group_at = now;
+        if gap > 0.0 {
+            #[allow(clippy::cast_precision_loss, reason = "group sizes are small")]
+            let sample = n as f64 / gap;
+            self.rate = RATE_ALPHA * sample + (1.0 - RATE_ALPHA) * self.rate;
+        }
     }
 
     fn timeout(&self) -> Duration {
@@ -201,6 +259,7 @@ impl Committer {
                         h.writable = true;
                         h.last_error = None;
                         h.size = size;
+                        h.flushes += 1;
                     });
                     // Mirror each durable record (exact line bytes) before acknowledging.
                     if let Some(sink) = &self.config.on_record {
@@ -323,5 +382,31 @@ impl Committer {
                 tracing::error!(error = %e, "audit segment rotation failed; still appending to the sealed segment");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_group_window_waits_only_under_load_and_within_its_bounds() {
+        // Off, a full group, or no rate yet: no wait.
+        assert_eq!(group_wait(Duration::ZERO, 32, 1e6, 1), None);
+        assert_eq!(group_wait(MS, 32, 1e6, 32), None);
+        assert_eq!(group_wait(MS, 32, 0.0, 1), None);
+        // 1,000 calls/s bring one more call per ms: not worth a wait (R16 latency).
+        assert_eq!(group_wait(MS, 32, 1_000.0, 1), None);
+        // 20,000/s: 31 missing calls take 1.55 ms, capped at the window.
+        assert_eq!(group_wait(MS, 32, 20_000.0, 1), Some(MS));
+        // 100,000/s: 16 missing calls take 160 µs.
+        let w = group_wait(MS, 32, 100_000.0, 16).unwrap();
+        assert!((w.as_secs_f64() - 160e-6).abs() < 1e-9, "{w:?}");
+        // Just at the threshold (a quarter of the target in the window) it waits.
+        assert!(group_wait(MS, 32, 8_000.0, 1).is_some());
+        assert_eq!(group_wait(MS, 32, 7_999.0, 1), None);
     }
 }

@@ -23,6 +23,10 @@ fn child_writer() {
     let mut c = config(std::path::Path::new(&dir));
     c.checkpoint_every = 200;
     c.segment_max_bytes = 128 << 10;
+    // The group-commit window on, as in production: it must not let an
+    // acknowledgement run ahead of its flush.
+    c.group_window = std::time::Duration::from_millis(1);
+    c.group_target = 8;
     let log = Arc::new(open(c));
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let threads: Vec<_> = (0..8u64)

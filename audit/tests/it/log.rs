@@ -32,8 +32,22 @@ fn appends_survive_reopen_and_verify_signed() {
 
 #[test]
 fn concurrent_appends_get_unique_consecutive_durable_seqs() {
+    concurrent_appends(Duration::ZERO);
+}
+
+/// The same with the group-commit window on (it waits under load): grouping more
+/// records per flush must not change what is acknowledged or its order.
+#[test]
+fn concurrent_appends_with_a_group_window_get_unique_consecutive_durable_seqs() {
+    concurrent_appends(Duration::from_millis(2));
+}
+
+fn concurrent_appends(window: Duration) {
     let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(open(config(dir.path())));
+    let mut c = config(dir.path());
+    c.group_window = window;
+    c.group_target = 8;
+    let log = Arc::new(open(c));
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let log = Arc::clone(&log);

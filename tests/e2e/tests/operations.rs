@@ -667,6 +667,7 @@ async fn metrics_move_with_traffic_and_carry_no_secrets() {
     assert_eq!(value(&after, "strongroom_keys_stored"), 3.0);
     assert!(value(&after, "strongroom_channels_live") >= 1.0);
     assert!(value(&after, "strongroom_audit_records") > value(&before, "strongroom_audit_records"));
+    assert!(value(&after, "strongroom_audit_flushes") > value(&before, "strongroom_audit_flushes"));
     assert_eq!(value(&after, "strongroom_storage_healthy"), 1.0);
     assert_eq!(value(&after, "strongroom_hsm_connected"), 1.0);
     assert!(after.contains("strongroom_build_info{version="), "{after}");
