@@ -249,9 +249,7 @@ impl TryFrom<RawConfig> for Config {
             rsa_bits: raw.hsm.rsa_bits,
             core,
             metrics_listen: raw.metrics.map(|m| m.listen),
-            audit_group_window: std::time::Duration::from_micros(u64::from(
-                group_commit_window_us,
-            )),
+            audit_group_window: std::time::Duration::from_micros(u64::from(group_commit_window_us)),
             issuers: raw
                 .auth
                 .issuers
@@ -425,7 +423,10 @@ mod tests {
     fn the_audit_group_window_is_bounded_and_defaults_when_absent() {
         let c = Config::parse(EXAMPLE).unwrap();
         assert_eq!(c.audit_group_window, std::time::Duration::from_millis(1));
-        let off = EXAMPLE.replace("group_commit_window_us = 1000", "group_commit_window_us = 0");
+        let off = EXAMPLE.replace(
+            "group_commit_window_us = 1000",
+            "group_commit_window_us = 0",
+        );
         assert!(Config::parse(&off).unwrap().audit_group_window.is_zero());
         let long = EXAMPLE.replace(
             "group_commit_window_us = 1000",

@@ -122,6 +122,9 @@ pub async fn start(bin: &Path, state: &Path, realm: &str) -> anyhow::Result<DevC
         format!("{realm}={}", realm_token_file.display()),
         "--admin-token-file".into(),
         admin_token_file.display().to_string(),
+        // A `kill -9` of dev must not leave the core running.
+        "--exit-with".into(),
+        std::process::id().to_string(),
     ];
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])

@@ -46,6 +46,20 @@ struct Args {
     /// before the core applies its part. Also set by CORE_SIM_ABORT_AFTER_RECEIPT=1.
     #[arg(long, env = "CORE_SIM_ABORT_AFTER_RECEIPT")]
     abort_after_receipt: bool,
+    /// Exit when the process with this PID is gone (or a zombie): `strongroom dev` passes
+    /// its own, so a `kill -9` of dev does not leave the core running.
+    #[arg(long, value_name = "PID")]
+    exit_with: Option<u32>,
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie awaiting its reaper).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) S ...": the state follows the last ')' (comm may hold anything).
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+    })
 }
 
 fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
@@ -114,6 +128,17 @@ async fn main() -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{line}")?;
         out.flush()?;
+    }
+    if let Some(pid) = args.exit_with {
+        tokio::spawn(async move {
+            while alive(pid) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            // State is durable after every acknowledged change: exiting here is no
+            // worse than the crash the simulator is built to survive.
+            tracing::warn!(pid, "the process core-sim runs for is gone; exiting");
+            std::process::exit(0);
+        });
     }
     let router = app(state);
     match tls {

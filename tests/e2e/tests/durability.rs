@@ -67,3 +67,36 @@ async fn acknowledged_keys_survive_kill_9() {
     }
     server.stop().unwrap();
 }
+
+/// `kill -9` of `strongroom dev` gives it no chance to stop the core-sim it started; the
+/// core must notice (`--exit-with`) and go, or every crash test would leak a core.
+#[test]
+fn the_core_sim_of_a_killed_dev_goes_too() {
+    let state = tempfile::tempdir().unwrap();
+    let dev = DevServer::start(Some(state.path()), &[]).unwrap();
+    let core = dev.info.core_pid.expect("dev started a core-sim");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &dev.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{core}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    // The core-sim is our grandchild: once dev is gone it is reparented and reaped by
+    // init (or a subreaper), so its /proc entry disappears.
+    while proc_dir.exists() && !is_zombie(core) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "core-sim {core} still runs a minute after dev was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(dev);
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
