@@ -51,6 +51,10 @@ pub struct DevArgs {
     /// Lifetime of ECDHE channel keys, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub channel_ttl_seconds: u32,
+    /// Audit group-commit window in microseconds (as `[audit] group_commit_window_us`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_GROUP_COMMIT_WINDOW_US,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub audit_group_commit_window_us: u32,
     /// The core-sim binary to start (default: `core-sim` next to this executable).
     #[arg(long, conflicts_with = "no_core")]
     pub core_sim: Option<PathBuf>,
@@ -128,6 +132,8 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
             .arg(args.rsa_bits.to_string())
             .arg("--channel-ttl-seconds")
             .arg(args.channel_ttl_seconds.to_string())
+            .arg("--audit-group-commit-window-us")
+            .arg(args.audit_group_commit_window_us.to_string())
             .env("SOFTHSM2_CONF", &conf);
         if let Some(m) = &args.module {
             cmd.arg("--module").arg(m);
@@ -213,7 +219,7 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         x5c,
         channel_ttl_seconds: args.channel_ttl_seconds,
         audit_group_window: std::time::Duration::from_micros(u64::from(
-            crate::config::DEFAULT_GROUP_COMMIT_WINDOW_US,
+            args.audit_group_commit_window_us,
         )),
     })
     .await?;
