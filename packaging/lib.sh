@@ -40,7 +40,8 @@ build_release() {
   rm -rf "$GEN"
   mkdir -p "$GEN/completions" "$DIST"
   # The shipped binary carries no symbol table (Debian policy; same bytes in .deb and .rpm).
-  strip --strip-all -o "$GEN/strongroom" "$bin"
+  # .comment only lists compiler versions (lintian: binary-has-unneeded-section).
+  strip --strip-all --remove-section=.comment -o "$GEN/strongroom" "$bin"
   "$bin" man | gzip -9n > "$GEN/strongroom.1.gz"
   "$bin" completions bash > "$GEN/completions/strongroom.bash"
   "$bin" completions zsh > "$GEN/completions/_strongroom"

@@ -354,7 +354,7 @@ pin_file = "/etc/strongroom/hsm-pin"
 so_pin_file = "/etc/strongroom/hsm-so-pin"
 # SoftHSM2's configuration: the packages install one whose token store is
 # /var/lib/strongroom/softhsm/tokens, readable by the strongroom user only
-# (docs/adr/0007-packaging.md). Omit it to use SOFTHSM2_CONF or SoftHSM2's default.
+# (docs/adr/0010-packaging.md). Omit it to use SOFTHSM2_CONF or SoftHSM2's default.
 softhsm2_conf = "/etc/strongroom/softhsm2.conf"
 wrap_mechanism = "aes-key-wrap"
 # Size of the static RSA key `init` generates (2048, 3072 or 4096).

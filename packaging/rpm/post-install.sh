@@ -1,8 +1,9 @@
 # strongroom %post: directories and HSM PIN files (never replacing existing ones; the
 # configuration files are %config(noreplace), so edits are kept on upgrade).
-if command -v systemd-tmpfiles >/dev/null 2>&1; then
-    systemd-tmpfiles --create /usr/lib/tmpfiles.d/strongroom.conf || :
-else
+# Without systemd-tmpfiles, or if it fails (e.g. no /proc in an image build root), the same
+# directories by hand: `strongroom init` needs the token store.
+if ! { command -v systemd-tmpfiles >/dev/null 2>&1 \
+        && systemd-tmpfiles --create /usr/lib/tmpfiles.d/strongroom.conf >/dev/null 2>&1; }; then
     install -d -o strongroom -g strongroom -m 0700 /var/lib/strongroom \
         /var/lib/strongroom/softhsm /var/lib/strongroom/softhsm/tokens
 fi

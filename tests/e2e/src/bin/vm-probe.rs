@@ -10,7 +10,13 @@
 //!     waits (deadline) for GET /healthz = 200 "ok" over HTTPS, then one KMS round trip
 //!     with the ECDHE channel: without FILE, creates a key and records it in FILE; with
 //!     FILE, retrieves that key and checks it is the same (state survived a reboot).
+//! vm-probe refused --domain D --connect 127.0.0.1:PORT --ca CERT.pem --issuer ISS
+//!                [--timeout SECS]
+//!     the same handshake with a forged token (the issuer's name and kid, signed by a key
+//!     the KMS does not trust): succeeds only if the KMS refuses it with a signed 401.
 //! ```
+//!
+//! Also the client side of `packaging/test-lifecycle` (the installed .deb's KMS).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,13 +41,19 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("issuer") => issuer(&args[1..]),
-        Some("check") => tokio::runtime::Builder::new_current_thread()
+        Some(cmd @ ("check" | "refused")) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(check(&args[1..]))),
+            .and_then(|rt| {
+                if cmd == "check" {
+                    rt.block_on(check(&args[1..]))
+                } else {
+                    rt.block_on(refused(&args[1..]))
+                }
+            }),
         _ => Err(anyhow::anyhow!(
-            "usage: vm-probe issuer DIR | vm-probe check --domain D --connect ADDR --ca FILE --issuer ISS --key FILE --state FILE [--timeout SECS]"
+            "usage: vm-probe issuer DIR | vm-probe check --domain D --connect ADDR --ca FILE --issuer ISS --key FILE --state FILE [--timeout SECS] | vm-probe refused --domain D --connect ADDR --ca FILE --issuer ISS [--timeout SECS]"
         )),
     };
     match result {
@@ -76,8 +88,8 @@ struct CheckArgs {
     connect: SocketAddr,
     ca: PathBuf,
     issuer: String,
-    key: PathBuf,
-    state: PathBuf,
+    key: Option<PathBuf>,
+    state: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -100,8 +112,8 @@ fn parse_check(args: &[String]) -> anyhow::Result<CheckArgs> {
             .context("--connect")?,
         ca: need(get("--ca")?, "--ca")?.into(),
         issuer: need(get("--issuer")?, "--issuer")?,
-        key: need(get("--key")?, "--key")?.into(),
-        state: need(get("--state")?, "--state")?.into(),
+        key: get("--key")?.map(PathBuf::from),
+        state: get("--state")?.map(PathBuf::from),
         timeout: Duration::from_secs(
             get("--timeout")?
                 .unwrap_or_else(|| "600".into())
@@ -111,73 +123,144 @@ fn parse_check(args: &[String]) -> anyhow::Result<CheckArgs> {
     })
 }
 
-async fn check(args: &[String]) -> anyhow::Result<()> {
-    let a = parse_check(args)?;
-    let started = Instant::now();
-    let ca = CertificateDer::from_pem_file(&a.ca).context("reading the trial certificate")?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).context("trusting the trial certificate")?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .resolve(&a.domain, a.connect)
-        .timeout(Duration::from_mins(1))
-        .build()?;
-    let base = format!("https://{}:{}", a.domain, a.connect.port());
+/// A KMS reached over HTTPS that trusts only the given certificate, after `/healthz`
+/// answered ok and discovery named the cluster.
+struct Kms {
+    http: reqwest::Client,
+    base: String,
+    cluster: String,
+    static_jwk: RsaPublicJwk,
+}
 
-    // 1. /healthz, with a deadline: the service starts after the first boot's init.
-    loop {
-        let last;
-        match http.get(format!("{base}/healthz")).send().await {
-            Ok(r) if r.status().is_success() => {
-                let body: Value = r.json().await?;
-                if body["status"] == "ok" {
-                    println!(
-                        "healthz: ok after {:.1} s ({body})",
-                        started.elapsed().as_secs_f64()
-                    );
-                    break;
+impl Kms {
+    /// Waits (deadline `a.timeout`) for a healthy KMS, then discovers it.
+    async fn connect(a: &CheckArgs, started: Instant) -> anyhow::Result<Self> {
+        let ca = CertificateDer::from_pem_file(&a.ca).context("reading the trial certificate")?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).context("trusting the trial certificate")?;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .resolve(&a.domain, a.connect)
+            .timeout(Duration::from_mins(1))
+            .build()?;
+        let base = format!("https://{}:{}", a.domain, a.connect.port());
+
+        // /healthz, with a deadline: the service starts after the first boot's init.
+        loop {
+            let last;
+            match http.get(format!("{base}/healthz")).send().await {
+                Ok(r) if r.status().is_success() => {
+                    let body: Value = r.json().await?;
+                    if body["status"] == "ok" {
+                        println!(
+                            "healthz: ok after {:.1} s ({body})",
+                            started.elapsed().as_secs_f64()
+                        );
+                        break;
+                    }
+                    last = format!("healthz answered {body}");
                 }
-                last = format!("healthz answered {body}");
+                Ok(r) => last = format!("healthz answered HTTP {}", r.status()),
+                Err(e) => last = format!("{e:#}"),
             }
-            Ok(r) => last = format!("healthz answered HTTP {}", r.status()),
-            Err(e) => last = format!("{e:#}"),
+            if started.elapsed() > a.timeout {
+                bail!(
+                    "no healthy answer from {base} within {} s; last: {last}",
+                    a.timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        if started.elapsed() > a.timeout {
+
+        let cluster = format!("kms://{}", a.domain);
+        let discovery: Value = http
+            .get(format!("{base}/kms/{}", Uuid::new_v4()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if discovery["kmsCluster"] != cluster.as_str() {
             bail!(
-                "no healthy answer from {base} within {} s; last: {last}",
-                a.timeout.as_secs()
+                "discovery names {} instead of {cluster}",
+                discovery["kmsCluster"]
             );
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let static_jwk: RsaPublicJwk = serde_json::from_str(
+            discovery["rsaPublicKey"]
+                .as_str()
+                .context("no rsaPublicKey in discovery")?,
+        )?;
+        Ok(Self {
+            http,
+            base,
+            cluster,
+            static_jwk,
+        })
     }
 
-    // 2. Discovery and the ECDHE channel with a token from the seeded issuer.
-    let cluster = format!("kms://{}", a.domain);
-    let discovery: Value = http
-        .get(format!("{base}/kms/{}", Uuid::new_v4()))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    if discovery["kmsCluster"] != cluster.as_str() {
-        bail!(
-            "discovery names {} instead of {cluster}",
-            discovery["kmsCluster"]
-        );
-    }
-    let jwk: RsaPublicJwk = serde_json::from_str(
-        discovery["rsaPublicKey"]
+    /// POSTs one KMS message and returns the KMS's one answer.
+    async fn post(&self, msg: String) -> anyhow::Result<String> {
+        let r: Value = self
+            .http
+            .post(format!("{}/kms/messages", self.base))
+            .json(&json!({"destination": self.cluster, "kmsMessages": [msg]}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        r["kmsMessages"][0]
             .as_str()
-            .context("no rsaPublicKey in discovery")?,
-    )?;
-    let previous: Option<Value> = match std::fs::read(&a.state) {
+            .map(str::to_owned)
+            .context("no kmsMessages in the answer")
+    }
+
+    /// A client for `user` in `org` with a token for this cluster from `issuer`, signed
+    /// with the P-256 key `key_der` (PKCS#8) under the kid the test IdP publishes.
+    fn client(
+        &self,
+        issuer: &str,
+        key_der: &[u8],
+        user: Uuid,
+        org: Uuid,
+    ) -> anyhow::Result<KmsClient> {
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
+        )?;
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(KID.into());
+        let claims = json!({"iss": issuer, "aud": self.cluster, "sub": user.to_string(),
+            "org": org.to_string(), "iat": now, "exp": now + 600});
+        let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(key_der))?;
+        Ok(KmsClient::new(
+            self.static_jwk.clone(),
+            &self.cluster,
+            user,
+            "vm-probe",
+            SecretString::from(token),
+        )?)
+    }
+}
+
+async fn check(args: &[String]) -> anyhow::Result<()> {
+    let a = parse_check(args)?;
+    let key_path = a.key.as_ref().context("--key is required")?;
+    let state_path = a.state.as_ref().context("--state is required")?;
+    let started = Instant::now();
+    let kms = Kms::connect(&a, started).await?;
+    let cluster = &kms.cluster;
+
+    // The ECDHE channel with a token from the seeded issuer.
+    let previous: Option<Value> = match std::fs::read(state_path) {
         Ok(b) => Some(serde_json::from_slice(&b).context("reading the state file")?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e.into()),
@@ -189,56 +272,27 @@ async fn check(args: &[String]) -> anyhow::Result<()> {
         ),
         None => (Uuid::new_v4(), Uuid::new_v4()),
     };
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs(),
-    )?;
-    let mut h = Header::new(Algorithm::ES256);
-    h.kid = Some(KID.into());
-    let claims = json!({"iss": a.issuer, "aud": cluster, "sub": user.to_string(),
-        "org": org.to_string(), "iat": now, "exp": now + 600});
-    let key_der = std::fs::read(&a.key).context("reading the issuer key")?;
-    let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(&key_der))?;
-    let mut client = KmsClient::new(jwk, &cluster, user, "vm-probe", SecretString::from(token))?;
-    let post = |msg: String| {
-        let http = http.clone();
-        let url = format!("{base}/kms/messages");
-        let cluster = cluster.clone();
-        async move {
-            let r: Value = http
-                .post(url)
-                .json(&json!({"destination": cluster, "kmsMessages": [msg]}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            r["kmsMessages"][0]
-                .as_str()
-                .map(str::to_owned)
-                .context("no kmsMessages in the answer")
-        }
-    };
+    let key_der = std::fs::read(key_path).context("reading the issuer key")?;
+    let mut client = kms.client(&a.issuer, &key_der, user, org)?;
     let (hs, pending) = client.begin_handshake()?;
-    let answer = post(hs).await?;
+    let answer = kms.post(hs).await?;
     client.finish_handshake(&answer, pending)?;
 
-    // 3. One key: created now, or the one created on the previous boot.
+    // One key: created now, or the one created on the previous boot.
     if let Some(p) = previous {
         let uri = p["key"]["uri"].as_str().context("key uri in state")?;
         let (req, _) = client.request("retrieve", uri, json!({}))?;
-        let body = client.open(&post(req).await?)?;
+        let body = client.open(&kms.post(req).await?)?;
         if body["status"] != 200 {
             bail!("retrieving {uri} answered {}", body["status"]);
         }
         if body["key"]["jwk"] != p["key"]["jwk"] {
             bail!("the key {uri} came back with different key material");
         }
-        println!("kms: key {uri} from the previous boot retrieved, same key material");
+        println!("kms: key {uri} from the previous run retrieved, same key material");
     } else {
         let (req, _) = client.request("create", "/keys", json!({"count": 1}))?;
-        let body = client.open(&post(req).await?)?;
+        let body = client.open(&kms.post(req).await?)?;
         if body["status"] != 201 {
             bail!("creating a key answered {}", body["status"]);
         }
@@ -248,16 +302,35 @@ async fn check(args: &[String]) -> anyhow::Result<()> {
             bail!("key uri {uri} is not under {cluster}");
         }
         let (req, _) = client.request("retrieve", &uri, json!({}))?;
-        let got = client.open(&post(req).await?)?;
+        let got = client.open(&kms.post(req).await?)?;
         if got["status"] != 200 || got["key"]["jwk"] != key["jwk"] {
             bail!("retrieving the new key {uri} did not give it back");
         }
         strongroom_e2e::secret_file(
-            &a.state,
+            state_path,
             &json!({"user": user, "org": org, "key": key}).to_string(),
         )?;
         println!("kms: handshake, created and retrieved {uri}");
     }
     println!("probe: done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The handshake with a forged token must be refused: same issuer name and kid as the
+/// trusted test IdP, signed by a fresh key the KMS has never seen.
+async fn refused(args: &[String]) -> anyhow::Result<()> {
+    let a = parse_check(args)?;
+    let kms = Kms::connect(&a, Instant::now()).await?;
+    let forger =
+        <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
+    let der = forger.to_pkcs8_der().context("encoding the forged key")?;
+    let client = kms.client(&a.issuer, der.as_bytes(), Uuid::new_v4(), Uuid::new_v4())?;
+    let (hs, _pending) = client.begin_handshake()?;
+    // The refusal is signed by the KMS's static key: `open` verifies that signature.
+    let body = client.open(&kms.post(hs).await?)?;
+    if body["status"] != 401 {
+        bail!("a forged token was not refused: the KMS answered {body}");
+    }
+    println!("kms: handshake with a forged token refused (401)");
     Ok(())
 }
