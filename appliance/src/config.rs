@@ -36,7 +36,7 @@ struct RawAudit {
 }
 
 /// Default audit group-commit window (docs/benchmarks.md, "The cost of auditing").
-pub const DEFAULT_GROUP_COMMIT_WINDOW_US: u32 = 1000;
+pub const DEFAULT_GROUP_COMMIT_WINDOW_US: u32 = 0;
 
 fn default_group_commit_window_us() -> u32 {
     DEFAULT_GROUP_COMMIT_WINDOW_US
@@ -369,11 +369,13 @@ jwks_file = "/etc/strongroom/idp-jwks.json"
 [metrics]
 listen = "127.0.0.1:9464"
 
-# The audit log (R16): every KMS decision is durable before its answer. Under load the
-# writer waits up to this long (microseconds) for more records so that one flush serves
-# many; it never waits at low load. 0 flushes every group at once.
+# The audit log (R16): every KMS decision is durable before its answer, and one flush
+# serves every record queued meanwhile. With a window (microseconds, at most 100000) the
+# writer also waits, under heavy load only, for more records before a flush: fewer
+# flushes on slow disks with many concurrent clients, at the price of latency
+# (docs/adr/0012-audit-group-commit-window.md). 0, the default, never waits.
 [audit]
-group_commit_window_us = 1000
+group_commit_window_us = 0
 
 # The hosted core this realm dials out to (no inbound port is needed). Only the roots in
 # pinned_roots are trusted, each must have pathLenConstraint 0, and chains with an
@@ -422,19 +424,22 @@ mod tests {
     #[test]
     fn the_audit_group_window_is_bounded_and_defaults_when_absent() {
         let c = Config::parse(EXAMPLE).unwrap();
-        assert_eq!(c.audit_group_window, std::time::Duration::from_millis(1));
-        let off = EXAMPLE.replace(
-            "group_commit_window_us = 1000",
+        assert!(c.audit_group_window.is_zero());
+        let on = EXAMPLE.replace(
             "group_commit_window_us = 0",
-        );
-        assert!(Config::parse(&off).unwrap().audit_group_window.is_zero());
-        let long = EXAMPLE.replace(
             "group_commit_window_us = 1000",
+        );
+        assert_eq!(
+            Config::parse(&on).unwrap().audit_group_window,
+            std::time::Duration::from_millis(1)
+        );
+        let long = EXAMPLE.replace(
+            "group_commit_window_us = 0",
             "group_commit_window_us = 100001",
         );
         let e = Config::parse(&long).unwrap_err().to_string();
         assert!(e.contains("audit.group_commit_window_us"), "{e}");
-        let absent = EXAMPLE.replace("[audit]\ngroup_commit_window_us = 1000\n", "");
+        let absent = EXAMPLE.replace("[audit]\ngroup_commit_window_us = 0\n", "");
         assert_ne!(absent, EXAMPLE);
         assert_eq!(
             Config::parse(&absent).unwrap().audit_group_window,
