@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
-use serde_json::{Value, json};
+use serde_json::json;
 use strongroom_e2e::fixtures::{
     ApplianceConfig, CoreLogin, CoreSimSpec, Pki, RelaySession, free_port, relay,
 };
-use strongroom_e2e::secret_file;
+use strongroom_e2e::{json_ok, secret_file};
 
 const DOMAIN: &str = "kms.acme.test";
 
@@ -138,14 +138,8 @@ async fn kms_traffic_flows_through_the_core_and_survives_a_core_restart() {
         .start()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let health: Value = rogue
-        .https_client()
-        .unwrap()
-        .get(format!("https://localhost:{core_port}/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let rogue_http = rogue.https_client().unwrap();
+    let health = json_ok(rogue_http.get(format!("https://localhost:{core_port}/healthz")))
         .await
         .unwrap();
     assert!(
