@@ -2,8 +2,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strongroom_audit::{
-    Action, AuditLog, CheckpointSigner, Domain, Event, KeyUri, Kind, LogConfig, LogKey, Outcome,
-    Reason, ResourceUri, SoftwareSigner,
+    Action, AuditLog, CheckpointSigner, Domain, Event, Filter, KeyUri, Kind, LogConfig, LogKey,
+    Outcome, Reason, Record, ResourceUri, SoftwareSigner, VerifyOptions,
 };
 use uuid::Uuid;
 
@@ -78,6 +78,25 @@ pub fn write_log(dir: &Path, n: u64, tweak: impl FnOnce(&mut LogConfig)) {
         assert_eq!(log.append(event(i)).unwrap().seq, i);
     }
     log.close().unwrap();
+}
+
+/// Every record of the verified log in `dir`, parsed and as its exact line.
+pub fn all_records(dir: &Path) -> Vec<(Record, Vec<u8>)> {
+    let mut all = Vec::new();
+    strongroom_audit::query(
+        dir,
+        &key(),
+        &VerifyOptions::default(),
+        &Filter::default(),
+        &mut |r, line| all.push((r.clone(), line.to_vec())),
+    )
+    .unwrap();
+    all
+}
+
+/// The exact lines of every record of the verified log in `dir`.
+pub fn all_lines(dir: &Path) -> Vec<Vec<u8>> {
+    all_records(dir).into_iter().map(|(_, line)| line).collect()
 }
 
 pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -10,7 +10,7 @@ use strongroom_audit::{
 };
 use uuid::Uuid;
 
-use crate::common::{key, write_log};
+use crate::common::{all_lines, key, write_log};
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -94,17 +94,7 @@ fn roots_and_proofs_match_the_ct_merkle_oracle() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 70, |c| c.checkpoint_every = 7);
     let snap = LogSnapshot::load(dir.path(), &key(), &VerifyOptions::default()).unwrap();
-    let mut lines = Vec::new();
-    strongroom_audit::query(
-        dir.path(),
-        &key(),
-        &VerifyOptions::default(),
-        &Filter::default(),
-        &mut |_, l| {
-            lines.push(l.to_vec());
-        },
-    )
-    .unwrap();
+    let lines = all_lines(dir.path());
     let mut oracle = MemoryBackedTree::<Sha256, Vec<u8>>::new();
     for (n, line) in lines.iter().enumerate() {
         oracle.push(line.clone());
@@ -180,17 +170,7 @@ fn forged_inclusion_proofs_fail() {
     write_log(dir.path(), 40, |_| {});
     let snap = LogSnapshot::load(dir.path(), &key(), &VerifyOptions::default()).unwrap();
     let root = snap.root(40).unwrap();
-    let mut lines = Vec::new();
-    strongroom_audit::query(
-        dir.path(),
-        &key(),
-        &VerifyOptions::default(),
-        &Filter::default(),
-        &mut |_, l| {
-            lines.push(l.to_vec());
-        },
-    )
-    .unwrap();
+    let lines = all_lines(dir.path());
     let p = snap.prove_inclusion(17, 40).unwrap();
     p.verify(&lines[17], &root).unwrap();
     assert!(p.verify(&lines[18], &root).is_err(), "another record");

@@ -6,7 +6,7 @@ use strongroom_audit::{
 };
 use uuid::Uuid;
 
-use crate::common::{domain, key, write_log};
+use crate::common::{all_records, domain, key, write_log};
 
 fn run(dir: &std::path::Path, f: &Filter) -> Vec<u64> {
     let mut v = Vec::new();
@@ -21,17 +21,10 @@ fn run(dir: &std::path::Path, f: &Filter) -> Vec<u64> {
 fn filters_by_user_key_resource_outcome_kind_and_time() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 60, |_| {});
-    let mut all = Vec::new();
-    query(
-        dir.path(),
-        &key(),
-        &VerifyOptions::default(),
-        &Filter::default(),
-        &mut |r, _| {
-            all.push(r.clone());
-        },
-    )
-    .unwrap();
+    let all: Vec<_> = all_records(dir.path())
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
     assert_eq!(all.len(), 60);
 
     let mut f = Filter::default();

@@ -2,7 +2,10 @@
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::Session;
 use strongroom_hsm::{Error, Hsm};
 
 use crate::fixture::{hsm_with_keys, raw, token};
@@ -14,6 +17,19 @@ fn count_labelled(label: &str, token_label: &str) -> usize {
         .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
         .unwrap()
         .len()
+}
+
+/// Generates a 256-bit AES key behind the Hsm's back, with `extra` attributes.
+fn aes_key(session: &Session, extra: &[Attribute]) -> ObjectHandle {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+    ];
+    template.extend_from_slice(extra);
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .unwrap()
 }
 
 /// Test 1: the root key cannot leave the HSM.
@@ -40,18 +56,7 @@ fn root_key_is_sensitive_and_never_leaves_the_hsm() {
     let root = found[0];
 
     // Wrapping it out under another key fails.
-    let wrapping = session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(false),
-                Attribute::Wrap(true),
-            ],
-        )
-        .unwrap();
+    let wrapping = aes_key(&session, &[Attribute::Token(false), Attribute::Wrap(true)]);
     let wrapped = session.wrap_key(&Mechanism::AesKeyWrap, wrapping, root);
     assert!(
         matches!(wrapped, Err(CkError::Pkcs11(RvError::KeyUnextractable, _))),
@@ -121,18 +126,13 @@ fn duplicate_labels_are_refused() {
     let (_hsm, config) = hsm_with_keys("duplicates");
     let raw = raw(&config.token_label);
     let session = raw.ctx.open_rw_session(raw.slot).unwrap();
-    let twin = session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(false),
-                Attribute::Label(config.labels.root.as_bytes().to_vec()),
-            ],
-        )
-        .unwrap();
+    let twin = aes_key(
+        &session,
+        &[
+            Attribute::Token(false),
+            Attribute::Label(config.labels.root.as_bytes().to_vec()),
+        ],
+    );
     // A fresh Hsm has no cached handle and must look the root key up.
     let hsm = Hsm::open(&config).unwrap();
     let err = hsm.wrap_key(&[1; 32]).unwrap_err();
@@ -152,20 +152,15 @@ fn extractable_root_key_is_refused() {
     let hsm = Hsm::open(&config).unwrap();
     let raw = raw(&config.token_label);
     let session = raw.ctx.open_rw_session(raw.slot).unwrap();
-    session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Label(config.labels.root.as_bytes().to_vec()),
-            ],
-        )
-        .unwrap();
+    aes_key(
+        &session,
+        &[
+            Attribute::Token(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Label(config.labels.root.as_bytes().to_vec()),
+        ],
+    );
     let err = hsm.ensure_keys().unwrap_err();
     assert!(matches!(&err, Error::InsecureKey { .. }), "{err}");
 }

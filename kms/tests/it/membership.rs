@@ -30,6 +30,32 @@ async fn resource(e: &fixture::Env, c: &KmsClient) -> (String, String) {
     (res["resource"]["uri"].as_str().unwrap().to_owned(), key_uri)
 }
 
+/// What every test starts from: a KMS; alice, who created a resource bound to one key;
+/// bob, who holds nothing yet; both with an open channel; and a room id. As a tuple
+/// `(env, (alice, her channel), (bob, his channel), (resource, key), room)`, so that a
+/// test names its parts in one line.
+type Scene = (
+    fixture::Env,
+    (Uuid, KmsClient),
+    (Uuid, KmsClient),
+    (String, String),
+    Uuid,
+);
+
+async fn scene(name: &str) -> Scene {
+    let e = env(name).await;
+    let (alice, ca) = user(&e).await;
+    let bob = user(&e).await;
+    let resource = resource(&e, &ca).await;
+    (e, (alice, ca), bob, resource, Uuid::new_v4())
+}
+
+/// Another user, with an open channel.
+async fn user(e: &fixture::Env) -> (Uuid, KmsClient) {
+    let id = Uuid::new_v4();
+    (id, e.client(id).await)
+}
+
 fn add_part(c: &KmsClient, resource: &str, subject: Uuid, room: Uuid, nonce: &str) -> String {
     c.request(
         "create",
@@ -51,14 +77,11 @@ fn remove_part(c: &KmsClient, resource: &str, subject: Uuid, room: Uuid, nonce: 
     .0
 }
 
+/// A forwarded KMS part's outcome: the opened answer, and the verified receipt if any.
+type Forwarded = (Value, Option<Value>);
+
 /// Forwards a KMS part as the core would; returns the opened answer and the receipt.
-async fn forward(
-    kms: &Kms,
-    c: &KmsClient,
-    room: Uuid,
-    actor: Uuid,
-    part: &str,
-) -> (Value, Option<Value>) {
+async fn forward(kms: &Kms, c: &KmsClient, room: Uuid, actor: Uuid, part: &str) -> Forwarded {
     let a = kms
         .membership_request(&room.to_string(), &actor.to_string(), part)
         .await;
@@ -76,24 +99,46 @@ async fn can_read(kms: &Kms, c: &KmsClient, key_uri: &str) -> bool {
     call(kms, c, "retrieve", key_uri, json!({})).await["status"] == 200
 }
 
+/// A user as the actor of membership changes: builds each KMS part on its own channel `c`
+/// and forwards it as the core would, naming itself as the actor.
+struct Actor<'a> {
+    kms: &'a Kms,
+    c: &'a KmsClient,
+    id: Uuid,
+}
+
+impl<'a> Actor<'a> {
+    fn new(kms: &'a Kms, c: &'a KmsClient, id: Uuid) -> Self {
+        Self { kms, c, id }
+    }
+
+    /// A two-part add of `who` to `room` on `res` with nonce `n`.
+    async fn add(&self, res: &str, who: Uuid, room: Uuid, n: &str) -> Forwarded {
+        let part = add_part(self.c, res, who, room, n);
+        forward(self.kms, self.c, room, self.id, &part).await
+    }
+
+    /// A two-part removal of `who` from `room` on `res` with nonce `n`.
+    async fn remove(&self, res: &str, who: Uuid, room: Uuid, n: &str) -> Forwarded {
+        let part = remove_part(self.c, res, who, room, n);
+        forward(self.kms, self.c, room, self.id, &part).await
+    }
+
+    /// A plain (one-part, node-kms) `create /authorizations` of `user` on `res`.
+    async fn authorize(&self, res: &str, user: Uuid) -> Value {
+        let body = json!({"resourceUri": res, "userIds": [user]});
+        call(self.kms, self.c, "create", "/authorizations", body).await
+    }
+}
+
 #[tokio::test]
 async fn add_then_remove_gives_signed_receipts_and_pending_until_confirmed() {
-    let e = env("m-add-remove").await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
-    let (res, key) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
+    let (e, (alice, ca), (bob, cb), (res, key), room) = scene("m-add-remove").await;
+    let by_alice = Actor::new(&e.kms, &ca, alice);
     assert!(!can_read(&e.kms, &cb, &key).await);
 
     let n = nonce();
-    let (body, receipt) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res, bob, room, &n),
-    )
-    .await;
+    let (body, receipt) = by_alice.add(&res, bob, room, &n).await;
     assert_eq!(body["status"], 201, "{body}");
     assert_eq!(body["authorizations"][0]["authId"], bob.to_string());
     let r = receipt.expect("a receipt for an applied change");
@@ -116,14 +161,7 @@ async fn add_then_remove_gives_signed_receipts_and_pending_until_confirmed() {
     assert!(e.kms.membership_pending().await.unwrap().is_empty());
 
     let n2 = nonce();
-    let (body, receipt) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &remove_part(&ca, &res, bob, room, &n2),
-    )
-    .await;
+    let (body, receipt) = by_alice.remove(&res, bob, room, &n2).await;
     assert_eq!(body["status"], 200, "{body}");
     assert_eq!(body["authorizations"][0]["authId"], bob.to_string());
     assert_eq!(receipt.unwrap()["op"], "remove");
@@ -135,24 +173,14 @@ async fn add_then_remove_gives_signed_receipts_and_pending_until_confirmed() {
 
 #[tokio::test]
 async fn a_replayed_kms_part_is_refused_also_after_a_restart() {
-    let e = env("m-replay").await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
-    let (res, key) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
+    let (e, (alice, ca), (bob, cb), (res, key), room) = scene("m-replay").await;
+    let by_alice = Actor::new(&e.kms, &ca, alice);
     let n = nonce();
     let add = add_part(&ca, &res, bob, room, &n);
     let (body, _) = forward(&e.kms, &ca, room, alice, &add).await;
     assert_eq!(body["status"], 201);
     // Remove bob with a fresh nonce, then replay the old add: refused, bob stays out.
-    let (body, _) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &remove_part(&ca, &res, bob, room, &nonce()),
-    )
-    .await;
+    let (body, _) = by_alice.remove(&res, bob, room, &nonce()).await;
     assert_eq!(body["status"], 200);
     let (body, receipt) = forward(&e.kms, &ca, room, alice, &add).await;
     assert_eq!(
@@ -161,14 +189,7 @@ async fn a_replayed_kms_part_is_refused_also_after_a_restart() {
     );
     assert!(receipt.is_none());
     // A fresh request with the same nonce is a replay too.
-    let (body, _) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res, bob, room, &n),
-    )
-    .await;
+    let (body, _) = by_alice.add(&res, bob, room, &n).await;
     assert_eq!(body["errorCode"], 409_002);
     assert!(!can_read(&e.kms, &cb, &key).await);
 
@@ -185,11 +206,9 @@ async fn a_replayed_kms_part_is_refused_also_after_a_restart() {
 
 #[tokio::test]
 async fn a_core_forwarding_another_room_or_actor_is_refused() {
-    let e = env("m-mismatch").await;
-    let (alice, bob, mallory) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
-    let (res, key) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
+    let (e, (alice, ca), (bob, cb), (res, key), room) = scene("m-mismatch").await;
+    let by_alice = Actor::new(&e.kms, &ca, alice);
+    let mallory = Uuid::new_v4();
     let part = add_part(&ca, &res, bob, room, &nonce());
     let (body, r) = forward(&e.kms, &ca, Uuid::new_v4(), alice, &part).await;
     assert_eq!(
@@ -207,27 +226,16 @@ async fn a_core_forwarding_another_room_or_actor_is_refused() {
     assert!(r.is_some());
     // The resource now belongs to `room`: a change for another room is refused.
     let other = Uuid::new_v4();
-    let (body, _) = forward(
-        &e.kms,
-        &ca,
-        other,
-        alice,
-        &remove_part(&ca, &res, bob, other, &nonce()),
-    )
-    .await;
+    let (body, _) = by_alice.remove(&res, bob, other, &nonce()).await;
     assert_eq!(body["errorCode"], 403_003, "{body}");
     assert!(can_read(&e.kms, &cb, &key).await);
 }
 
 #[tokio::test]
 async fn a_core_token_and_a_non_member_actor_are_refused() {
-    let e = env("m-tokens").await;
-    let (alice, bob, eve) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (ca, ce) = (e.client(alice).await, e.client(eve).await);
-    let cb = e.client(bob).await;
-    let (res, key) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
-    // A core token (another audience) on alice's channel.
+    let (e, (alice, ca), (bob, cb), (res, key), room) = scene("m-tokens").await;
+    let (eve, ce) = user(&e).await;
+    let by_eve = Actor::new(&e.kms, &ce, eve);
     // A core token (another audience) on alice's own channel.
     let mut core_tok = e.client(alice).await;
     core_tok.set_bearer(secrecy::SecretString::from(e.issuer.token_full(
@@ -237,26 +245,13 @@ async fn a_core_token_and_a_non_member_actor_are_refused() {
         e.now_s(),
         3600,
     )));
-    let (body, r) = forward(
-        &e.kms,
-        &core_tok,
-        room,
-        alice,
-        &add_part(&core_tok, &res, bob, room, &nonce()),
-    )
-    .await;
+    let by_core_token = Actor::new(&e.kms, &core_tok, alice);
+    let (body, r) = by_core_token.add(&res, bob, room, &nonce()).await;
     assert_eq!(body["status"], 401, "{body}");
     assert!(r.is_none());
     // Eve holds no authorization on the resource: she cannot add herself nor bob.
     for subject in [eve, bob] {
-        let (body, r) = forward(
-            &e.kms,
-            &ce,
-            room,
-            eve,
-            &add_part(&ce, &res, subject, room, &nonce()),
-        )
-        .await;
+        let (body, r) = by_eve.add(&res, subject, room, &nonce()).await;
         assert_eq!(body["errorCode"], 403_001, "{body}");
         assert!(r.is_none());
     }
@@ -265,14 +260,7 @@ async fn a_core_token_and_a_non_member_actor_are_refused() {
     // Eve "leaving" a room she holds nothing in is harmless and does not claim the
     // resource for her room: alice's plain authorizations still work (not room-bound).
     let eves_room = Uuid::new_v4();
-    let (body, _) = forward(
-        &e.kms,
-        &ce,
-        eves_room,
-        eve,
-        &remove_part(&ce, &res, eve, eves_room, &nonce()),
-    )
-    .await;
+    let (body, _) = by_eve.remove(&res, eve, eves_room, &nonce()).await;
     assert_eq!(body["status"], 200, "{body}");
     assert_eq!(
         e.kms
@@ -294,20 +282,10 @@ async fn a_core_token_and_a_non_member_actor_are_refused() {
 
 #[tokio::test]
 async fn undo_of_an_add_is_idempotent_and_a_removal_is_final() {
-    let e = env("m-undo").await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
-    let (res, key) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
+    let (e, (alice, ca), (bob, cb), (res, key), room) = scene("m-undo").await;
+    let by_alice = Actor::new(&e.kms, &ca, alice);
     let n = nonce();
-    let (_, r) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res, bob, room, &n),
-    )
-    .await;
+    let (_, r) = by_alice.add(&res, bob, room, &n).await;
     assert!(r.is_some());
     assert!(can_read(&e.kms, &cb, &key).await);
     let first = verify_receipt(&e.kms, &e.kms.membership_undo(&n).await.unwrap());
@@ -325,37 +303,16 @@ async fn undo_of_an_add_is_idempotent_and_a_removal_is_final() {
     ));
 
     // Add again (new nonce), then remove: the remove cannot be undone.
-    let (_, r) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res, bob, room, &nonce()),
-    )
-    .await;
+    let (_, r) = by_alice.add(&res, bob, room, &nonce()).await;
     assert!(r.is_some());
     let rn = nonce();
-    let (_, r) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &remove_part(&ca, &res, bob, room, &rn),
-    )
-    .await;
+    let (_, r) = by_alice.remove(&res, bob, room, &rn).await;
     assert!(r.is_some());
     let err = e.kms.membership_undo(&rn).await.unwrap_err();
     assert_eq!(err.code(), "remove_is_final");
     assert!(!can_read(&e.kms, &cb, &key).await, "the removal stands");
     // The stale undo of the first add does not touch the newer authorization.
-    let (_, r) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res, bob, room, &nonce()),
-    )
-    .await;
+    let (_, r) = by_alice.add(&res, bob, room, &nonce()).await;
     assert!(r.is_some());
     e.kms.membership_undo(&n).await.unwrap();
     assert!(can_read(&e.kms, &cb, &key).await);
@@ -363,38 +320,15 @@ async fn undo_of_an_add_is_idempotent_and_a_removal_is_final() {
 
 #[tokio::test]
 async fn plain_authorization_changes_on_a_room_bound_resource_are_refused() {
-    let e = env("m-plain").await;
-    let (alice, bob, carol) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cc) = (e.client(alice).await, e.client(carol).await);
-    let (res, key) = resource(&e, &ca).await;
+    let (e, (alice, ca), (bob, _), (res, key), room) = scene("m-plain").await;
+    let (carol, cc) = user(&e).await;
+    let by_alice = Actor::new(&e.kms, &ca, alice);
     // Before any two-part change, plain changes work (node-kms compatibility).
-    let ok = call(
-        &e.kms,
-        &ca,
-        "create",
-        "/authorizations",
-        json!({"resourceUri": res, "userIds": [bob]}),
-    )
-    .await;
+    let ok = by_alice.authorize(&res, bob).await;
     assert_eq!(ok["status"], 201);
-    let room = Uuid::new_v4();
-    let (_, r) = forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res, carol, room, &nonce()),
-    )
-    .await;
+    let (_, r) = by_alice.add(&res, carol, room, &nonce()).await;
     assert!(r.is_some());
-    let add = call(
-        &e.kms,
-        &ca,
-        "create",
-        "/authorizations",
-        json!({"resourceUri": res, "userIds": [Uuid::new_v4()]}),
-    )
-    .await;
+    let add = by_alice.authorize(&res, Uuid::new_v4()).await;
     assert_eq!(add["errorCode"], 403_004, "{add}");
     let del = call(
         &e.kms,
@@ -413,28 +347,11 @@ async fn plain_authorization_changes_on_a_room_bound_resource_are_refused() {
 
 #[tokio::test]
 async fn a_deprovisioning_statement_removes_every_authorization_of_the_user() {
-    let e = env("m-deprov").await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
-    let (res1, key1) = resource(&e, &ca).await;
+    let (e, (alice, ca), (bob, cb), (res1, key1), room) = scene("m-deprov").await;
     let (res2, key2) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
-    forward(
-        &e.kms,
-        &ca,
-        room,
-        alice,
-        &add_part(&ca, &res1, bob, room, &nonce()),
-    )
-    .await;
-    call(
-        &e.kms,
-        &ca,
-        "create",
-        "/authorizations",
-        json!({"resourceUri": res2, "userIds": [bob]}),
-    )
-    .await;
+    let by_alice = Actor::new(&e.kms, &ca, alice);
+    by_alice.add(&res1, bob, room, &nonce()).await;
+    by_alice.authorize(&res2, bob).await;
     assert!(can_read(&e.kms, &cb, &key1).await && can_read(&e.kms, &cb, &key2).await);
     let aud = strongroom_kms::service::deprovision_audience(AUD);
     // A KMS bearer token is not a statement, and a statement is not a bearer token.
@@ -466,11 +383,7 @@ async fn a_deprovisioning_statement_removes_every_authorization_of_the_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_audit_record_no_change_and_no_receipt() {
-    let e = env("m-audit").await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let (ca, cb) = (e.client(alice).await, e.client(bob).await);
-    let (res, key) = resource(&e, &ca).await;
-    let room = Uuid::new_v4();
+    let (e, (alice, ca), (bob, cb), (res, key), room) = scene("m-audit").await;
     let n = nonce();
     let part = add_part(&ca, &res, bob, room, &n);
     e.fail.set(true);

@@ -51,6 +51,15 @@ pub struct KmsRefusal {
 
 /// An HTTPS client that trusts exactly the given root (the dev CA) — PEM file.
 pub fn https_client(ca_pem: &Path) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls_trusting(ca_pem)?)
+        .pool_max_idle_per_host(1024)
+        .build()?)
+}
+
+/// A TLS client configuration (rustls, ring provider) that trusts exactly the
+/// certificates in the PEM file `ca_pem`.
+pub fn tls_trusting(ca_pem: &Path) -> anyhow::Result<rustls::ClientConfig> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -59,16 +68,14 @@ pub fn https_client(ca_pem: &Path) -> anyhow::Result<reqwest::Client> {
     {
         roots.add(c.with_context(|| format!("parsing {}", ca_pem.display()))?)?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .pool_max_idle_per_host(1024)
-        .build()?)
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 /// The core's HTTP API, with one bearer.

@@ -1,6 +1,10 @@
 //! Harness for end-to-end runs: starts real `strongroom` processes on 127.0.0.1, mints
 //! tokens, and drives the KMS over HTTP with the project's own sans-I/O client
 //! (`strongroom_kms::client`). Used by the end-to-end tests, the demo and the benchmark.
+//! The set-up the tests share (PKI, core-sim, appliance configurations, a test issuer...)
+//! lives in [`fixtures`], one copy of each.
+
+pub mod fixtures;
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -149,9 +153,7 @@ impl DevServer {
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
+        fixtures::sigterm(self.child.id())?;
         Ok(self.child.wait()?)
     }
 }
@@ -165,19 +167,18 @@ impl Drop for DevServer {
 }
 
 /// One user's device talking to the KMS over HTTP.
+#[derive(Debug)]
 pub struct Session {
     http: reqwest::Client,
-    info: DevInfo,
+    kms_url: String,
+    kms_cluster: String,
     pub user: Uuid,
     pub kms: KmsClient,
 }
 
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
+/// Sends `request`; the JSON body of a 2xx answer, an error for any other status.
+pub async fn json_ok(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    Ok(request.send().await?.error_for_status()?.json().await?)
 }
 
 pub async fn mint_token(
@@ -186,14 +187,11 @@ pub async fn mint_token(
     user: Uuid,
     client_id: &str,
 ) -> anyhow::Result<String> {
-    let r: Value = http
-        .post(&info.token_url)
-        .json(&json!({"user_id": user, "client_id": client_id}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let r = json_ok(
+        http.post(&info.token_url)
+            .json(&json!({"user_id": user, "client_id": client_id})),
+    )
+    .await?;
     r["bearer"]
         .as_str()
         .map(str::to_owned)
@@ -206,14 +204,22 @@ pub async fn post_messages(
     info: &DevInfo,
     msgs: Vec<String>,
 ) -> anyhow::Result<Vec<String>> {
-    let r: Value = http
-        .post(format!("{}/kms/messages", info.kms_url))
-        .json(&json!({"destination": info.kms_cluster, "kmsMessages": msgs}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    post_messages_to(http, &info.kms_url, &info.kms_cluster, msgs).await
+}
+
+/// Posts JOSE messages for `kms_cluster` to `{kms_url}/kms/messages` (any KMS listener:
+/// `strongroom dev`'s plain HTTP or `strongroom serve`'s HTTPS) and returns the answers.
+pub async fn post_messages_to(
+    http: &reqwest::Client,
+    kms_url: &str,
+    kms_cluster: &str,
+    msgs: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let r = json_ok(
+        http.post(format!("{kms_url}/kms/messages"))
+            .json(&json!({"destination": kms_cluster, "kmsMessages": msgs})),
+    )
+    .await?;
     let out = r["kmsMessages"]
         .as_array()
         .context("no kmsMessages in the answer")?
@@ -236,20 +242,39 @@ impl Session {
         client_id: &str,
     ) -> anyhow::Result<Self> {
         let bearer = mint_token(http, info, user, client_id).await?;
+        let endpoint = KmsEndpoint {
+            kms_url: &info.kms_url,
+            kms_cluster: &info.kms_cluster,
+            static_jwk: info.static_jwk.clone(),
+        };
+        Self::handshake(http, endpoint, user, client_id, SecretString::from(bearer)).await
+    }
+
+    /// Runs the ECDHE handshake with `endpoint` for `user`, with a bearer token the caller
+    /// obtained (e.g. from [`fixtures::TestIssuer::token`]).
+    pub async fn handshake(
+        http: &reqwest::Client,
+        endpoint: KmsEndpoint<'_>,
+        user: Uuid,
+        client_id: &str,
+        bearer: SecretString,
+    ) -> anyhow::Result<Self> {
         let mut kms = KmsClient::new(
-            info.static_jwk.clone(),
-            &info.kms_cluster,
+            endpoint.static_jwk,
+            endpoint.kms_cluster,
             user,
             client_id,
-            SecretString::from(bearer),
+            bearer,
         )?;
         let (hs, pending) = kms.begin_handshake()?;
-        let answer = post_messages(http, info, vec![hs]).await?;
+        let answer =
+            post_messages_to(http, endpoint.kms_url, endpoint.kms_cluster, vec![hs]).await?;
         let first = answer.into_iter().next().context("no answer")?;
         kms.finish_handshake(&first, pending)?;
         Ok(Self {
             http: http.clone(),
-            info: info.clone(),
+            kms_url: endpoint.kms_url.to_owned(),
+            kms_cluster: endpoint.kms_cluster.to_owned(),
             user,
             kms,
         })
@@ -258,9 +283,64 @@ impl Session {
     /// One request on the channel; returns the opened answer body.
     pub async fn call(&self, method: &str, uri: &str, extra: Value) -> anyhow::Result<Value> {
         let (jwe, _) = self.kms.request(method, uri, extra)?;
-        let answer = post_messages(&self.http, &self.info, vec![jwe]).await?;
+        let answer =
+            post_messages_to(&self.http, &self.kms_url, &self.kms_cluster, vec![jwe]).await?;
         let first = answer.into_iter().next().context("no answer")?;
         Ok(self.kms.open(&first)?)
+    }
+
+    /// Creates one key (`create /keys`, which must answer 201); returns its URI and its
+    /// `k` (base64url key bytes).
+    pub async fn create_key(&self) -> anyhow::Result<(String, String)> {
+        let r = self.call("create", "/keys", json!({"count": 1})).await?;
+        if r["status"] != 201 {
+            bail!("create /keys answered {}", r["status"]);
+        }
+        let key = &r["keys"][0];
+        let uri = key["uri"].as_str().context("no key uri")?.to_owned();
+        let k = key["jwk"]["k"].as_str().context("no key bytes")?.to_owned();
+        Ok((uri, k))
+    }
+}
+
+/// Where a KMS channel goes: the listener's base URL (`http://…` or `https://…`), the
+/// cluster (`kms://DOMAIN`, the messages' destination) and the static key from discovery.
+pub struct KmsEndpoint<'a> {
+    pub kms_url: &'a str,
+    pub kms_cluster: &'a str,
+    pub static_jwk: RsaPublicJwk,
+}
+
+/// Two users on one KMS, for audit tests: alice creates a key and eve's retrieve of it is
+/// refused (403), so the log holds granted records for alice and one denied for eve.
+pub struct GrantAndDenial {
+    pub alice: Uuid,
+    pub eve: Uuid,
+    pub key_uri: String,
+    /// The key's bytes (base64url), to prove they appear nowhere they must not.
+    pub key_k: String,
+}
+
+impl GrantAndDenial {
+    /// Runs the scenario against a `strongroom dev`; fails unless eve is refused with 403.
+    pub async fn run(http: &reqwest::Client, info: &DevInfo) -> anyhow::Result<Self> {
+        let (alice, eve) = (Uuid::new_v4(), Uuid::new_v4());
+        let a = Session::connect(http, info, alice, "a").await?;
+        let e = Session::connect(http, info, eve, "e").await?;
+        let (key_uri, key_k) = a.create_key().await?;
+        let refused = e.call("retrieve", &key_uri, json!({})).await?;
+        if refused["status"] != 403 {
+            bail!(
+                "eve's retrieve of alice's key answered {}, not 403",
+                refused["status"]
+            );
+        }
+        Ok(Self {
+            alice,
+            eve,
+            key_uri,
+            key_k,
+        })
     }
 }
 

@@ -52,11 +52,7 @@ async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
     let s = Session::connect(&http, &server.info, user, "dev")
         .await
         .unwrap();
-    let keys = s
-        .call("create", "/keys", json!({"count": 1}))
-        .await
-        .unwrap();
-    let uri = keys["keys"][0]["uri"].as_str().unwrap().to_owned();
+    let (uri, _) = s.create_key().await.unwrap();
 
     let filler = fill(&audit);
     let mut refused = None;

@@ -27,16 +27,13 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
         )
         .await
         .unwrap();
-    let snapshot = |v: &Value| v["resource"].to_string();
-    let before = snapshot(
-        &s.call(
-            "retrieve",
-            res["resource"]["uri"].as_str().unwrap(),
-            json!({}),
-        )
-        .await
-        .unwrap(),
-    );
+    let resource_uri = res["resource"]["uri"].as_str().unwrap().to_owned();
+    // The resource as the KMS has it: what must not change.
+    let snapshot = || async {
+        let v = s.call("retrieve", &resource_uri, json!({})).await.unwrap();
+        v["resource"].to_string()
+    };
+    let before = snapshot().await;
 
     // A fresh connection per case: after a 413 the server closes the connection without
     // reading the body, which a pooled keep-alive connection would trip over.
@@ -119,37 +116,19 @@ async fn bad_requests_get_clear_4xx_and_change_nothing() {
     assert_eq!(r["status"], 400);
 
     // Unknown HTTP endpoints and methods.
-    let r = http
-        .get(format!("{}/nope", info.kms_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    let r = http.get(&url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 405);
-    let r = http
-        .get(format!("{}/kms/not-a-uuid", info.kms_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    let get_status = |url: &str| {
+        let request = http.get(url);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get_status(&format!("{}/nope", info.kms_url)).await, 404);
+    assert_eq!(get_status(&url).await, 405);
+    assert_eq!(
+        get_status(&format!("{}/kms/not-a-uuid", info.kms_url)).await,
+        400
+    );
 
     // Still up, and nothing changed.
-    let after = snapshot(
-        &s.call(
-            "retrieve",
-            res["resource"]["uri"].as_str().unwrap(),
-            json!({}),
-        )
-        .await
-        .unwrap(),
-    );
-    assert_eq!(before, after);
-    let health = http
-        .get(format!("{}/healthz", info.kms_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(before, snapshot().await);
+    assert_eq!(get_status(&format!("{}/healthz", info.kms_url)).await, 200);
     server.stop().unwrap();
 }

@@ -9,9 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use strongroom_e2e::{DevServer, Session};
-use uuid::Uuid;
+use strongroom_e2e::{DevServer, GrantAndDenial};
 
 const SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -70,23 +68,13 @@ async fn audit_records_reach_the_journal_with_structured_fields() {
     )
     .unwrap();
     let http = strongroom_e2e::http_client();
-    let (alice, eve) = (Uuid::new_v4(), Uuid::new_v4());
-    let a = Session::connect(&http, &server.info, alice, "a")
-        .await
-        .unwrap();
-    let e = Session::connect(&http, &server.info, eve, "e")
-        .await
-        .unwrap();
-    let keys = a
-        .call("create", "/keys", json!({"count": 1}))
-        .await
-        .unwrap();
-    let uri = keys["keys"][0]["uri"].as_str().unwrap().to_owned();
-    let k = keys["keys"][0]["jwk"]["k"].as_str().unwrap().to_owned();
-    assert_eq!(
-        e.call("retrieve", &uri, json!({})).await.unwrap()["status"],
-        403
-    );
+    // alice's key, and eve refused it (403).
+    let GrantAndDenial {
+        eve,
+        key_uri: uri,
+        key_k: k,
+        ..
+    } = GrantAndDenial::run(&http, &server.info).await.unwrap();
 
     let mut found = None;
     let mut all = Vec::new();

@@ -5,86 +5,34 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::Output;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::pkcs8::EncodePrivateKey as _;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use strongroom_e2e::strongroom_bin;
-use strongroom_kms::client::KmsClient;
-use strongroom_kms::jose::b64e;
-use strongroom_kms::jose::jwk::RsaPublicJwk;
+use strongroom_e2e::fixtures::{
+    ApplianceConfig, ChildGuard, TestIssuer, discover, free_port, strongroom_init,
+    strongroom_serve, tamper_first_audit_record,
+};
+use strongroom_e2e::{KmsEndpoint, Session};
 use uuid::Uuid;
 
 const DOMAIN: &str = "kms.ops.test";
 const ISS: &str = "https://idp.ops.test";
 
 fn strongroom(args: &[&str]) -> Output {
-    Command::new(strongroom_bin().unwrap())
-        .args(args)
-        .output()
-        .unwrap()
+    strongroom_e2e::fixtures::strongroom(args).unwrap()
 }
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One appliance configuration: HSM files in `hsm_dir` (shared by appliances that use the
-/// same token), its own state directory, TLS files and port.
+/// same token), its own state directory, TLS files, port and metrics port.
 struct Appliance {
+    cfg: ApplianceConfig,
     config: PathBuf,
-    state: PathBuf,
-    tls_dir: PathBuf,
-    port: u16,
-    metrics_port: u16,
-    child: Option<Child>,
-}
-
-/// The test issuer (a P-256 key) whose JWKS the appliances trust.
-struct Issuer {
-    sk: p256::SecretKey,
-}
-
-impl Issuer {
-    fn new(dir: &Path) -> Self {
-        let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(
-            &mut rand::rng(),
-        );
-        let point = sk.public_key().to_sec1_bytes();
-        let jwks = json!({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x": b64e(&point[1..33]),"y": b64e(&point[33..65])}]});
-        std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
-        Self { sk }
-    }
-
-    fn token(&self, user: Uuid) -> String {
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        )
-        .unwrap();
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = Some("k1".into());
-        let claims = json!({"iss": ISS, "aud": format!("kms://{DOMAIN}"), "sub": user.to_string(),
-            "org": Uuid::new_v4().to_string(), "iat": now, "exp": now + 600});
-        let der = self.sk.to_pkcs8_der().unwrap();
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap()
-    }
+    child: Option<ChildGuard>,
 }
 
 impl Appliance {
@@ -93,43 +41,17 @@ impl Appliance {
     fn new(hsm_dir: &Path, name: &str) -> Self {
         let root = hsm_dir.join(name);
         std::fs::create_dir_all(&root).unwrap();
-        let port = free_port();
-        let metrics_port = free_port();
-        let state = root.join("state");
-        let tls_dir = root.join("tls");
+        let cfg = ApplianceConfig {
+            hsm_dir: hsm_dir.to_path_buf(),
+            jwks_file: hsm_dir.join("jwks.json"),
+            metrics_port: Some(free_port().unwrap()),
+            ..ApplianceConfig::new(&root, DOMAIN, "ops-kms", ISS).unwrap()
+        };
         let config = root.join("strongroom.toml");
-        let text = format!(
-            r#"version = 1
-[kms]
-domain = "{DOMAIN}"
-listen = "127.0.0.1:{port}"
-state_dir = "{state}"
-[tls]
-certificate = "{tls}/cert.pem"
-private_key = "{tls}/key.pem"
-[hsm]
-token_label = "ops-kms"
-pin_file = "{dir}/pin"
-so_pin_file = "{dir}/so-pin"
-softhsm2_conf = "{dir}/softhsm2.conf"
-rsa_bits = 2048
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[[auth.issuers]]
-issuer = "{ISS}"
-jwks_file = "{dir}/jwks.json"
-"#,
-            state = state.display(),
-            tls = tls_dir.display(),
-            dir = hsm_dir.display()
-        );
-        std::fs::write(&config, text).unwrap();
+        cfg.write(&config).unwrap();
         Self {
+            cfg,
             config,
-            state,
-            tls_dir,
-            port,
-            metrics_port,
             child: None,
         }
     }
@@ -144,127 +66,54 @@ jwks_file = "{dir}/jwks.json"
         strongroom(&all)
     }
 
+    /// `strongroom audit verify` on this appliance's state.
+    fn verify_audit(&self) -> Output {
+        strongroom(&[
+            "audit",
+            "verify",
+            "--state",
+            self.cfg.state_dir.to_str().unwrap(),
+        ])
+    }
+
     fn init(&self) {
-        let out = self.run(&["init"]);
-        assert!(out.status.success(), "init: {}", stderr(&out));
+        strongroom_init(&self.config).unwrap();
     }
 
     fn http(&self) -> reqwest::Client {
-        let ca = CertificateDer::from_pem_file(self.tls_dir.join("cert.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .resolve(DOMAIN, format!("127.0.0.1:{}", self.port).parse().unwrap())
-            .build()
-            .unwrap()
+        self.cfg.https_client().unwrap()
     }
 
     fn base(&self) -> String {
-        format!("https://{DOMAIN}:{}", self.port)
+        self.cfg.base_url()
     }
 
     async fn start(&mut self) {
-        let child = Command::new(strongroom_bin().unwrap())
-            .args(["serve", "--config", self.cfg()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let http = self.http();
-        for _ in 0..200 {
-            if let Ok(r) = http.get(format!("{}/healthz", self.base())).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("serve did not come up");
+        self.child = Some(strongroom_serve(&self.config).unwrap());
+        self.cfg
+            .wait_serving(&self.http())
+            .await
+            .expect("serve did not come up");
     }
 
     fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        assert!(child.wait().unwrap().success(), "serve stops cleanly");
+        let child = self.child.take().expect("running");
+        assert!(child.stop().unwrap().success(), "serve stops cleanly");
     }
 
     /// A handshaken client session for `user`.
-    async fn session(&self, issuer: &Issuer, user: Uuid) -> Kms {
+    async fn session(&self, issuer: &TestIssuer, user: Uuid) -> Session {
         let http = self.http();
-        let discovery: Value = http
-            .get(format!("{}/kms/{user}", self.base()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let jwk: RsaPublicJwk =
-            serde_json::from_str(discovery["rsaPublicKey"].as_str().unwrap()).unwrap();
-        let client = KmsClient::new(
-            jwk,
-            &format!("kms://{DOMAIN}"),
-            user,
-            "dev-1",
-            SecretString::from(issuer.token(user)),
-        )
-        .unwrap();
-        let mut k = Kms {
-            http,
-            url: format!("{}/kms/messages", self.base()),
-            client,
+        let (_, jwk) = discover(&http, &self.base(), user).await.unwrap();
+        let token = issuer.token(user, &self.cfg.kms_cluster()).unwrap();
+        let endpoint = KmsEndpoint {
+            kms_url: &self.base(),
+            kms_cluster: &self.cfg.kms_cluster(),
+            static_jwk: jwk,
         };
-        let (hs, pending) = k.client.begin_handshake().unwrap();
-        let answer = k.post(hs).await;
-        k.client.finish_handshake(&answer, pending).unwrap();
-        k
-    }
-}
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Kms {
-    http: reqwest::Client,
-    url: String,
-    client: KmsClient,
-}
-
-impl Kms {
-    async fn post(&self, msg: String) -> String {
-        let r: Value = self
-            .http
-            .post(&self.url)
-            .json(&json!({"destination": format!("kms://{DOMAIN}"), "kmsMessages": [msg]}))
-            .send()
+        Session::handshake(&http, endpoint, user, "dev-1", SecretString::from(token))
             .await
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        r["kmsMessages"][0].as_str().unwrap().to_owned()
-    }
-
-    async fn call(&self, method: &str, uri: &str, body: Value) -> Value {
-        let (req, _) = self.client.request(method, uri, body).unwrap();
-        self.client.open(&self.post(req).await).unwrap()
     }
 }
 
@@ -274,9 +123,21 @@ fn restore(app: &Appliance, file: &Path, extra: &[&str]) -> Output {
     app.run(&args)
 }
 
-fn hsm_dir(d: &Path) -> Issuer {
+/// The HSM files and the test issuer's JWKS in `d`; returns the issuer.
+fn hsm_dir(d: &Path) -> TestIssuer {
     strongroom_e2e::appliance_hsm_files(d).unwrap();
-    Issuer::new(d)
+    let issuer = TestIssuer::generate(ISS);
+    issuer.write_jwks(&d.join("jwks.json")).unwrap();
+    issuer
+}
+
+/// An initialised appliance `a` on a fresh token in `d`, serving; and the issuer it trusts.
+async fn serving(d: &Path) -> (TestIssuer, Appliance) {
+    let issuer = hsm_dir(d);
+    let mut a = Appliance::new(d, "a");
+    a.init();
+    a.start().await;
+    (issuer, a)
 }
 
 /// Every file under `dir` with its bytes (to prove "nothing written / nothing changed").
@@ -308,17 +169,17 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 async fn backup_and_restore_round_trip_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let issuer = hsm_dir(d);
-    let mut a = Appliance::new(d, "a");
-    a.init();
-    a.start().await;
+    let (issuer, mut a) = serving(d).await;
     let user = Uuid::new_v4();
     let s = a.session(&issuer, user).await;
-    let created = s.call("create", "/keys", json!({"count": 2})).await;
+    let created = s
+        .call("create", "/keys", json!({"count": 2}))
+        .await
+        .unwrap();
     assert_eq!(created["status"], 201, "{created}");
     let uri = created["keys"][0]["uri"].as_str().unwrap().to_owned();
     let k = created["keys"][0]["jwk"]["k"].as_str().unwrap().to_owned();
-    let got = s.call("retrieve", &uri, json!({})).await;
+    let got = s.call("retrieve", &uri, json!({})).await.unwrap();
     assert_eq!(got["key"]["jwk"]["k"], k.as_str());
 
     // While the service runs, a backup is refused (it would copy a state being written).
@@ -339,7 +200,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
     assert_eq!(mode, 0o600, "the backup is readable by its owner only");
     let backup = std::fs::read(&out_path).unwrap();
     // Encrypted: neither the key nor the TLS private key appear in it.
-    let tls_key = std::fs::read_to_string(a.tls_dir.join("key.pem")).unwrap();
+    let tls_key = std::fs::read_to_string(a.cfg.tls_dir.join("key.pem")).unwrap();
     let tls_body: String = tls_key
         .lines()
         .filter(|l| !l.starts_with("-----"))
@@ -370,9 +231,12 @@ async fn backup_and_restore_round_trip_and_refusals() {
             !out.status.success(),
             "a flipped byte at {pos} was accepted"
         );
-        assert!(!b.state.exists(), "flipped byte at {pos}: state written");
         assert!(
-            !b.tls_dir.exists(),
+            !b.cfg.state_dir.exists(),
+            "flipped byte at {pos}: state written"
+        );
+        assert!(
+            !b.cfg.tls_dir.exists(),
             "flipped byte at {pos}: TLS files written"
         );
     }
@@ -383,7 +247,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
             !out.status.success(),
             "a backup cut to {len} bytes was accepted"
         );
-        assert!(!b.state.exists() && !b.tls_dir.exists());
+        assert!(!b.cfg.state_dir.exists() && !b.cfg.tls_dir.exists());
     }
     let mut extended = backup.clone();
     extended.push(0);
@@ -408,7 +272,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
         "the refusal says why: {}",
         stderr(&out)
     );
-    assert!(!b.state.exists() && !b.tls_dir.exists());
+    assert!(!b.cfg.state_dir.exists() && !b.cfg.tls_dir.exists());
 
     // Another token (same label, other root key) cannot open it.
     let other_dir = d.join("other-hsm");
@@ -416,12 +280,12 @@ async fn backup_and_restore_round_trip_and_refusals() {
     let _other_issuer = hsm_dir(&other_dir);
     let c = Appliance::new(&other_dir, "c");
     c.init();
-    let c_before = tree(&c.state);
+    let c_before = tree(&c.cfg.state_dir);
     let out = c.run(&["restore", "--in", out_path.to_str().unwrap(), "--force"]);
     assert!(!out.status.success(), "another token's backup was accepted");
     assert!(stderr(&out).contains("another token"), "{}", stderr(&out));
     assert_eq!(
-        tree(&c.state),
+        tree(&c.cfg.state_dir),
         c_before,
         "nothing changed on the other appliance"
     );
@@ -429,7 +293,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
     // The real restore.
     let out = restore(&b, &out_path, &[]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
-    let out = strongroom(&["audit", "verify", "--state", b.state.to_str().unwrap()]);
+    let out = b.verify_audit();
     assert!(
         out.status.success(),
         "restored audit log verifies: {}",
@@ -437,17 +301,17 @@ async fn backup_and_restore_round_trip_and_refusals() {
     );
     // The TLS key comes back byte-identical and owner-only.
     assert_eq!(
-        std::fs::read_to_string(b.tls_dir.join("key.pem")).unwrap(),
+        std::fs::read_to_string(b.cfg.tls_dir.join("key.pem")).unwrap(),
         tls_key
     );
-    let mode = std::fs::metadata(b.tls_dir.join("key.pem"))
+    let mode = std::fs::metadata(b.cfg.tls_dir.join("key.pem"))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     b.start().await;
     let s = b.session(&issuer, user).await;
-    let again = s.call("retrieve", &uri, json!({})).await;
+    let again = s.call("retrieve", &uri, json!({})).await.unwrap();
     assert_eq!(again["status"], 200, "{again}");
     assert_eq!(
         again["key"]["jwk"]["k"],
@@ -455,7 +319,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
         "byte-identical key after restore"
     );
     b.stop();
-    let out = strongroom(&["audit", "verify", "--state", b.state.to_str().unwrap()]);
+    let out = b.verify_audit();
     assert!(
         out.status.success(),
         "audit log verifies after serving: {}",
@@ -463,14 +327,14 @@ async fn backup_and_restore_round_trip_and_refusals() {
     );
 
     // Existing state: refused without --force, and left as it was.
-    let before = tree(&b.state);
+    let before = tree(&b.cfg.state_dir);
     let out = restore(&b, &out_path, &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
-    assert_eq!(tree(&b.state), before, "existing state unchanged");
+    assert_eq!(tree(&b.cfg.state_dir), before, "existing state unchanged");
     let out = restore(&b, &out_path, &["--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let aside: Vec<_> = std::fs::read_dir(b.state.parent().unwrap())
+    let aside: Vec<_> = std::fs::read_dir(b.cfg.state_dir.parent().unwrap())
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| {
@@ -509,13 +373,12 @@ fn check<'a>(v: &'a Value, name: &str) -> &'a Value {
 async fn status_on_healthy_and_broken_setups() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let issuer = hsm_dir(d);
-    let mut a = Appliance::new(d, "a");
-    a.init();
-    a.start().await;
+    let (issuer, mut a) = serving(d).await;
     let s = a.session(&issuer, Uuid::new_v4()).await;
     assert_eq!(
-        s.call("create", "/keys", json!({"count": 1})).await["status"],
+        s.call("create", "/keys", json!({"count": 1}))
+            .await
+            .unwrap()["status"],
         201
     );
 
@@ -579,16 +442,7 @@ async fn status_on_healthy_and_broken_setups() {
     assert!(status_json(&a).0, "healthy again with the right PIN");
 
     // A tampered audit log: one byte of a record changed.
-    let seg = std::fs::read_dir(a.state.join("audit"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .min()
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.windows(6).position(|w| w == b"\"seq\":").unwrap() + 6;
-    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
-    std::fs::write(&seg, bytes).unwrap();
+    tamper_first_audit_record(&a.cfg.state_dir).unwrap();
     let (ok, v, err) = status_json(&a);
     assert!(!ok, "a tampered audit log must fail: {v}");
     assert_eq!(check(&v, "audit")["status"], "fail", "{v}");
@@ -602,12 +456,9 @@ async fn status_on_healthy_and_broken_setups() {
 async fn metrics_move_with_traffic_and_carry_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let issuer = hsm_dir(d);
-    let mut a = Appliance::new(d, "a");
-    a.init();
-    a.start().await;
+    let (issuer, mut a) = serving(d).await;
     let plain = strongroom_e2e::http_client();
-    let url = format!("http://127.0.0.1:{}/metrics", a.metrics_port);
+    let url = format!("http://127.0.0.1:{}/metrics", a.cfg.metrics_port.unwrap());
     let scrape = || async {
         let r = plain.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -626,14 +477,17 @@ async fn metrics_move_with_traffic_and_carry_no_secrets() {
     let before_posts = value(&before, posts);
 
     let user = Uuid::new_v4();
-    let token = issuer.token(user);
+    let token = issuer.token(user, &format!("kms://{DOMAIN}")).unwrap();
     let s = a.session(&issuer, user).await;
-    let created = s.call("create", "/keys", json!({"count": 3})).await;
+    let created = s
+        .call("create", "/keys", json!({"count": 3}))
+        .await
+        .unwrap();
     assert_eq!(created["status"], 201);
     let mut secrets = vec![token.clone(), user.to_string()];
     for k in created["keys"].as_array().unwrap() {
         let uri = k["uri"].as_str().unwrap().to_owned();
-        let got = s.call("retrieve", &uri, json!({})).await;
+        let got = s.call("retrieve", &uri, json!({})).await.unwrap();
         assert_eq!(got["status"], 200);
         secrets.push(k["jwk"]["k"].as_str().unwrap().to_owned());
         secrets.push(uri.rsplit('/').next().unwrap().to_owned());

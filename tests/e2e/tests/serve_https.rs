@@ -4,30 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
+use std::process::Output;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use p256::pkcs8::EncodePrivateKey as _;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 use secrecy::SecretString;
-use serde_json::{Value, json};
-use strongroom_e2e::strongroom_bin;
-use strongroom_kms::client::KmsClient;
-use strongroom_kms::jose::b64e;
-use strongroom_kms::jose::jwk::RsaPublicJwk;
+use strongroom_e2e::fixtures::{
+    ApplianceConfig, TestIssuer, discover, strongroom_init, strongroom_serve,
+};
+use strongroom_e2e::{KmsEndpoint, Session};
 use uuid::Uuid;
 
 const DOMAIN: &str = "kms.acme.test";
 const ISS: &str = "https://idp.acme.test";
 
-fn strongroom(args: &[&str]) -> std::process::Output {
-    Command::new(strongroom_bin().unwrap())
-        .args(args)
-        .output()
-        .unwrap()
+fn strongroom(args: &[&str]) -> Output {
+    strongroom_e2e::fixtures::strongroom(args).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,47 +25,18 @@ async fn init_check_and_serve_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     strongroom_e2e::appliance_hsm_files(d).unwrap();
-    let sk =
-        <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(&mut rand::rng());
-    let point = sk.public_key().to_sec1_bytes();
-    let jwks = json!({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x": b64e(&point[1..33]),"y": b64e(&point[33..65])}]});
-    std::fs::write(d.join("jwks.json"), jwks.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = format!(
-        r#"version = 1
-[kms]
-domain = "{DOMAIN}"
-listen = "127.0.0.1:{port}"
-state_dir = "{state}"
-[tls]
-certificate = "{dir}/tls/cert.pem"
-private_key = "{dir}/tls/key.pem"
-[hsm]
-token_label = "acme-kms"
-pin_file = "{dir}/pin"
-so_pin_file = "{dir}/so-pin"
-softhsm2_conf = "{dir}/softhsm2.conf"
-[[auth.issuers]]
-issuer = "{ISS}"
-jwks_file = "{dir}/jwks.json"
-"#,
-        state = d.join("state").display(),
-        dir = d.display()
-    );
+    let issuer = TestIssuer::generate(ISS);
+    issuer.write_jwks(&d.join("jwks.json")).unwrap();
+    // The appliance's default RSA size: this is the packaged path.
+    let config = ApplianceConfig {
+        rsa_bits: None,
+        ..ApplianceConfig::new(d, DOMAIN, "acme-kms", ISS).unwrap()
+    };
     let cfg_path = d.join("strongroom.toml");
-    std::fs::write(&cfg_path, &config).unwrap();
+    config.write(&cfg_path).unwrap();
     let cfg = cfg_path.to_str().unwrap();
 
-    let out = strongroom(&["init", "--config", cfg]);
-    assert!(
-        out.status.success(),
-        "init failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = strongroom_init(&cfg_path).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Next:"),
@@ -98,104 +59,34 @@ jwks_file = "{dir}/jwks.json"
     assert!(String::from_utf8_lossy(&out.stderr).contains("readable by group or others"));
     std::fs::set_permissions(d.join("pin"), std::fs::Permissions::from_mode(0o600)).unwrap();
 
-    let mut child = Command::new(strongroom_bin().unwrap())
-        .args(["serve", "--config", cfg])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let child = strongroom_serve(&cfg_path).unwrap();
+    let http = config.https_client().unwrap();
+    config
+        .wait_serving(&http)
+        .await
+        .expect("serve came up over HTTPS");
+    let (discovery, jwk) = discover(&http, &config.base_url(), Uuid::new_v4())
+        .await
         .unwrap();
-
-    let ca = CertificateDer::from_pem_file(d.join("tls/cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .resolve(DOMAIN, format!("127.0.0.1:{port}").parse().unwrap())
-        .build()
-        .unwrap();
-    let base = format!("https://{DOMAIN}:{port}");
-    let mut discovery = None;
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("{base}/kms/{}", Uuid::new_v4()))
-            .send()
-            .await
-        {
-            discovery = Some(r.json::<Value>().await.unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let discovery = discovery.expect("serve came up over HTTPS");
     assert_eq!(discovery["kmsCluster"], format!("kms://{DOMAIN}"));
-    let jwk: RsaPublicJwk =
-        serde_json::from_str(discovery["rsaPublicKey"].as_str().unwrap()).unwrap();
     assert_eq!(jwk.x5c.len(), 1, "x5c carries the static certificate");
 
     // A user with a token from the configured issuer: handshake and a key.
     let user = Uuid::new_v4();
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap();
-    let mut h = Header::new(Algorithm::ES256);
-    h.kid = Some("k1".into());
-    let claims = json!({"iss": ISS, "aud": format!("kms://{DOMAIN}"), "sub": user.to_string(),
-        "org": Uuid::new_v4().to_string(), "iat": now, "exp": now + 600});
-    let der = sk.to_pkcs8_der().unwrap();
-    let token =
-        jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(der.as_bytes())).unwrap();
-    let mut c = KmsClient::new(
-        jwk,
-        &format!("kms://{DOMAIN}"),
-        user,
-        "dev-1",
-        SecretString::from(token),
-    )
-    .unwrap();
-    let post = |msg: String| {
-        let http = http.clone();
-        let url = format!("{base}/kms/messages");
-        async move {
-            let r: Value = http
-                .post(url)
-                .json(&json!({"destination": format!("kms://{DOMAIN}"), "kmsMessages": [msg]}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            r["kmsMessages"][0].as_str().unwrap().to_owned()
-        }
+    let token = issuer.token(user, &config.kms_cluster()).unwrap();
+    let endpoint = KmsEndpoint {
+        kms_url: &config.base_url(),
+        kms_cluster: &config.kms_cluster(),
+        static_jwk: jwk,
     };
-    let (hs, pending) = c.begin_handshake().unwrap();
-    let answer = post(hs).await;
-    c.finish_handshake(&answer, pending).unwrap();
-    let (req, _) = c.request("create", "/keys", json!({"count": 1})).unwrap();
-    let body = c.open(&post(req).await).unwrap();
-    assert_eq!(body["status"], 201);
-    assert!(
-        body["keys"][0]["uri"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("kms://{DOMAIN}/keys/"))
-    );
+    let s = Session::handshake(&http, endpoint, user, "dev-1", SecretString::from(token))
+        .await
+        .unwrap();
+    // create_key fails unless the KMS answers 201.
+    let (uri, _) = s.create_key().await.unwrap();
+    assert!(uri.starts_with(&format!("kms://{DOMAIN}/keys/")), "{uri}");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    let status = child.stop().unwrap();
     assert!(status.success(), "serve stops cleanly on SIGTERM: {status}");
 
     // `audit key` reads the log key from the HSM: the same key the service wrote out.

@@ -9,21 +9,18 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
-use serde_json::{Value, json};
+use serde_json::Value;
+use strongroom_e2e::fixtures::{ApplianceConfig, TestIssuer, sigterm, strongroom_init};
 use strongroom_e2e::strongroom_bin;
-use strongroom_kms::jose::b64e;
 
 const DOMAIN: &str = "kms.systemd.test";
 
 /// A configured and initialised appliance in a temporary directory.
 struct Appliance {
     dir: tempfile::TempDir,
-    port: u16,
+    config: ApplianceConfig,
 }
 
 impl Appliance {
@@ -31,49 +28,12 @@ impl Appliance {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         strongroom_e2e::appliance_hsm_files(d).unwrap();
-        let sk = <p256::SecretKey as p256::elliptic_curve::Generate>::generate_from_rng(
-            &mut rand::rng(),
-        );
-        let point = sk.public_key().to_sec1_bytes();
-        let jwks = json!({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x": b64e(&point[1..33]),"y": b64e(&point[33..65])}]});
-        std::fs::write(d.join("jwks.json"), jwks.to_string()).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            r#"version = 1
-[kms]
-domain = "{DOMAIN}"
-listen = "127.0.0.1:{port}"
-state_dir = "{dir}/state"
-[tls]
-certificate = "{dir}/tls/cert.pem"
-private_key = "{dir}/tls/key.pem"
-[hsm]
-token_label = "systemd-test"
-pin_file = "{dir}/pin"
-so_pin_file = "{dir}/so-pin"
-softhsm2_conf = "{dir}/softhsm2.conf"
-rsa_bits = 2048
-[[auth.issuers]]
-issuer = "https://idp.systemd.test"
-jwks_file = "{dir}/jwks.json"
-"#,
-            dir = d.display()
-        );
-        std::fs::write(d.join("strongroom.toml"), config).unwrap();
-        let a = Self { dir, port };
-        let out = Command::new(strongroom_bin().unwrap())
-            .args(["init", "--config", a.config().to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let issuer = TestIssuer::generate("https://idp.systemd.test");
+        issuer.write_jwks(&d.join("jwks.json")).unwrap();
+        let config = ApplianceConfig::new(d, DOMAIN, "systemd-test", issuer.iss()).unwrap();
+        config.write(&d.join("strongroom.toml")).unwrap();
+        let a = Self { dir, config };
+        strongroom_init(&a.config()).unwrap();
         a
     }
 
@@ -117,22 +77,8 @@ jwks_file = "{dir}/jwks.json"
 
     /// `GET /healthz` over HTTPS, trusting the trial certificate `init` wrote.
     async fn healthz(&self) -> Value {
-        let ca = CertificateDer::from_pem_file(self.path().join("tls/cert.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .resolve(DOMAIN, format!("127.0.0.1:{}", self.port).parse().unwrap())
-            .build()
-            .unwrap();
-        http.get(format!("https://{DOMAIN}:{}/healthz", self.port))
+        let http = self.config.https_client().unwrap();
+        http.get(format!("{}/healthz", self.config.base_url()))
             .send()
             .await
             .unwrap()
@@ -162,15 +108,6 @@ fn read_until(sock: &UnixDatagram, want: &str, deadline: Duration, seen: &mut Ve
     panic!("no {want} within {deadline:?}; got {seen:?}");
 }
 
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 /// The whole notify conversation of one service run; returns the lines received.
 async fn notify_conversation(a: &Appliance, wrapper: &[&str]) -> Vec<String> {
     let sock_path = a.path().join("notify.sock");
@@ -183,7 +120,7 @@ async fn notify_conversation(a: &Appliance, wrapper: &[&str]) -> Vec<String> {
     assert_eq!(health["status"], "ok", "{health}");
     read_until(&sock, "WATCHDOG=1", Duration::from_secs(5), &mut seen);
     read_until(&sock, "WATCHDOG=1", Duration::from_secs(5), &mut seen);
-    sigterm(&child);
+    sigterm(child.id()).unwrap();
     read_until(&sock, "STOPPING=1", Duration::from_secs(10), &mut seen);
     let status = child.wait().unwrap();
     assert!(
@@ -242,7 +179,7 @@ async fn no_watchdog_pings_unless_asked() {
     let mut seen = Vec::new();
     read_until(&sock, "READY=1", Duration::from_mins(1), &mut seen);
     std::thread::sleep(Duration::from_millis(600));
-    sigterm(&child);
+    sigterm(child.id()).unwrap();
     read_until(&sock, "STOPPING=1", Duration::from_secs(10), &mut seen);
     assert!(child.wait().unwrap().success(), "{}", a.log());
     assert!(!seen.iter().any(|l| l == "WATCHDOG=1"), "{seen:?}");

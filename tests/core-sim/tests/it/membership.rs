@@ -4,11 +4,34 @@
 
 use axum::http::StatusCode;
 use futures_util::SinkExt as _;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
 
-use crate::common::Sim;
-use crate::relay::{next_json, realm_connect, serve};
+use crate::common::{Login, Sim};
+use crate::relay::{Ws, next_json, realm_connect, serve};
+
+/// `actor` asks the core to add `subject` to `room`, with an opaque KMS part.
+async fn add_member(sim: &Sim, actor: &Login, room: Uuid, subject: &Login) -> (StatusCode, Value) {
+    let body = json!({"user_id": subject.user, "kms_part": "h.k.iv.ct.tag"});
+    let uri = format!("/rooms/{room}/members");
+    sim.call("POST", &uri, Some(&actor.core), Some(body)).await
+}
+
+/// The fake realm's `membership.response` to `req`: the KMS answer and the receipt.
+async fn respond(realm: &mut Ws, req: &Value, kms_message: &str, receipt: Value) {
+    let answer = json!({"type": "membership.response", "id": req["id"],
+                        "kmsMessage": kms_message, "receipt": receipt});
+    realm.send(Message::text(answer.to_string())).await.unwrap();
+}
+
+/// The room as `member` sees it (`GET /rooms/{id}`).
+async fn room_view(sim: &Sim, member: &Login, room: Uuid) -> Value {
+    let (_, view) = sim
+        .call("GET", &format!("/rooms/{room}"), Some(&member.core), None)
+        .await;
+    view
+}
 
 #[tokio::test]
 async fn a_kms_refusal_or_a_bad_receipt_changes_nothing_at_the_core() {
@@ -24,13 +47,7 @@ async fn a_kms_refusal_or_a_bad_receipt_changes_nothing_at_the_core() {
     let mut realm = realm_connect(&base, json!({"static_jwk": jwk})).await;
 
     // 1. The KMS refuses: 403 kms_refused with its (opaque) answer, bob stays out.
-    let call = {
-        let uri = format!("/rooms/{room}/members");
-        let body = json!({"user_id": bob.user, "kms_part": "h.k.iv.ct.tag"});
-        let core = alice.core.clone();
-        let sim = &sim;
-        async move { sim.call("POST", &uri, Some(&core), Some(body)).await }
-    };
+    let call = add_member(&sim, &alice, room, &bob);
     let realm_side = async {
         let req = next_json(&mut realm).await.unwrap();
         assert_eq!(req["type"], "membership.request");
@@ -41,27 +58,17 @@ async fn a_kms_refusal_or_a_bad_receipt_changes_nothing_at_the_core() {
             "the authenticated actor"
         );
         assert_eq!(req["kmsMessage"], "h.k.iv.ct.tag");
-        let answer = json!({"type": "membership.response", "id": req["id"],
-                            "kmsMessage": "opaque-refusal", "receipt": null});
-        realm.send(Message::text(answer.to_string())).await.unwrap();
+        respond(&mut realm, &req, "opaque-refusal", Value::Null).await;
     };
     let ((s, v), ()) = tokio::join!(call, realm_side);
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(v["error"], "kms_refused");
     assert_eq!(v["kms_response"], "opaque-refusal");
-    let (_, view) = sim
-        .call("GET", &format!("/rooms/{room}"), Some(&alice.core), None)
-        .await;
+    let view = room_view(&sim, &alice, room).await;
     assert_eq!(view["members"], json!([alice.user]));
 
     // 2. A receipt that does not verify with the realm's static key: refused, no change.
-    let call = {
-        let uri = format!("/rooms/{room}/members");
-        let body = json!({"user_id": bob.user, "kms_part": "h.k.iv.ct.tag"});
-        let core = alice.core.clone();
-        let sim = &sim;
-        async move { sim.call("POST", &uri, Some(&core), Some(body)).await }
-    };
+    let call = add_member(&sim, &alice, room, &bob);
     let realm_side = async {
         let req = next_json(&mut realm).await.unwrap();
         let payload = json!({"typ": "strongroom-membership-receipt", "v": 1, "realm": "kms://a.test",
@@ -74,16 +81,12 @@ async fn a_kms_refusal_or_a_bad_receipt_changes_nothing_at_the_core() {
             strongroom_kms::jose::b64e(payload.to_string().as_bytes()),
             strongroom_kms::jose::b64e(&[7u8; 256])
         );
-        let answer = json!({"type": "membership.response", "id": req["id"],
-                            "kmsMessage": "ok", "receipt": forged});
-        realm.send(Message::text(answer.to_string())).await.unwrap();
+        respond(&mut realm, &req, "ok", json!(forged)).await;
     };
     let ((s, v), ()) = tokio::join!(call, realm_side);
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["error"], "bad_receipt");
-    let (_, view) = sim
-        .call("GET", &format!("/rooms/{room}"), Some(&alice.core), None)
-        .await;
+    let view = room_view(&sim, &alice, room).await;
     assert_eq!(
         view["members"],
         json!([alice.user]),
