@@ -40,14 +40,31 @@ pub(super) struct Committer {
 const RATE_ALPHA: f64 = 0.25;
 
 /// The group-commit wait (see [`LogConfig::group_window`]) for a group of `n` calls
-/// when calls arrive at `rate` per second: none unless the window would bring at least
-/// a quarter of `target` more calls, and never longer than reaching `target` takes.
-fn group_wait(window: Duration, target: usize, rate: f64, n: usize) -> Option<Duration> {
-    if window.is_zero() || n >= target || rate <= 0.0 {
+/// taken `since_last` after the previous group, when calls arrived at a smoothed `rate`
+/// per second: none unless the window would bring at least a quarter of `target` more
+/// calls, and never longer than reaching `target` takes. The rate used is at most what
+/// this group shows (`n / since_last`), so the first call after an idle spell never waits
+/// on the strength of an earlier burst.
+fn group_wait(
+    window: Duration,
+    target: usize,
+    rate: f64,
+    n: usize,
+    since_last: Duration,
+) -> Option<Duration> {
+    if window.is_zero() || n >= target {
         return None;
     }
     #[allow(clippy::cast_precision_loss, reason = "group sizes are small")]
-    let (missing, quarter) = ((target - n) as f64, target as f64 / 4.0);
+    let (missing, quarter, now_rate) = (
+        (target - n) as f64,
+        target as f64 / 4.0,
+        n as f64 / since_last.as_secs_f64(),
+    );
+    let rate = rate.min(now_rate);
+    if rate <= 0.0 || rate.is_nan() {
+        return None;
+    }
     if rate * window.as_secs_f64() < quarter {
         return None;
     }
@@ -126,6 +143,7 @@ impl Committer {
             self.config.group_target,
             self.rate,
             n,
+            self.last_group_at.elapsed(),
         )
     }
 
@@ -394,19 +412,23 @@ mod tests {
 
     #[test]
     fn the_group_window_waits_only_under_load_and_within_its_bounds() {
+        // Taken 100 µs after the previous group: this group alone shows n × 10,000/s.
+        let busy = Duration::from_micros(100);
         // Off, a full group, or no rate yet: no wait.
-        assert_eq!(group_wait(Duration::ZERO, 32, 1e6, 1), None);
-        assert_eq!(group_wait(MS, 32, 1e6, 32), None);
-        assert_eq!(group_wait(MS, 32, 0.0, 1), None);
+        assert_eq!(group_wait(Duration::ZERO, 32, 1e6, 1, busy), None);
+        assert_eq!(group_wait(MS, 32, 1e6, 32, busy), None);
+        assert_eq!(group_wait(MS, 32, 0.0, 1, busy), None);
         // 1,000 calls/s bring one more call per ms: not worth a wait (R16 latency).
-        assert_eq!(group_wait(MS, 32, 1_000.0, 1), None);
-        // 20,000/s: 31 missing calls take 1.55 ms, capped at the window.
-        assert_eq!(group_wait(MS, 32, 20_000.0, 1), Some(MS));
-        // 100,000/s: 16 missing calls take 160 µs.
-        let w = group_wait(MS, 32, 100_000.0, 16).unwrap();
-        assert!((w.as_secs_f64() - 160e-6).abs() < 1e-9, "{w:?}");
+        assert_eq!(group_wait(MS, 32, 1_000.0, 1, busy), None);
+        // 20,000/s (and 20 calls in this group): 12 missing calls take 600 µs.
+        let w = group_wait(MS, 32, 20_000.0, 20, MS).unwrap();
+        assert!((w.as_secs_f64() - 600e-6).abs() < 1e-9, "{w:?}");
+        // 20,000/s with 2 calls: 30 missing take 1.5 ms, capped at the window.
+        assert_eq!(group_wait(MS, 32, 20_000.0, 2, busy), Some(MS));
         // Just at the threshold (a quarter of the target in the window) it waits.
-        assert!(group_wait(MS, 32, 8_000.0, 1).is_some());
-        assert_eq!(group_wait(MS, 32, 7_999.0, 1), None);
+        assert!(group_wait(MS, 32, 8_000.0, 1, busy).is_some());
+        assert_eq!(group_wait(MS, 32, 7_999.0, 1, busy), None);
+        // After an idle second the earlier burst's rate does not count.
+        assert_eq!(group_wait(MS, 32, 1e6, 1, Duration::from_secs(1)), None);
     }
 }
