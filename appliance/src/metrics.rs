@@ -44,6 +44,8 @@ pub struct Metrics {
     audit_writable: Gauge,
     audit_signing: Gauge,
     audit_flushes: Gauge,
+    audit_reserve: Gauge,
+    audit_reserve_short: Gauge,
     storage_healthy: Gauge,
     hsm_connected: Gauge,
     hsm_idle: Gauge,
@@ -145,6 +147,16 @@ impl Metrics {
                 "audit_flushes",
                 "Audit record groups written and flushed since start (records / flushes = mean group size)",
             ),
+            audit_reserve: gauge(
+                r,
+                "audit_reserve_bytes",
+                "Zero-filled space preallocated ahead of the audit records",
+            ),
+            audit_reserve_short: gauge(
+                r,
+                "audit_reserve_short",
+                "1 while the audit reserve cannot be extended (disk full): free space before it runs out",
+            ),
             storage_healthy: gauge(r, "storage_healthy", "1 while the store is readable"),
             hsm_connected: gauge(r, "hsm_connected", "1 while logged in to the HSM token"),
             hsm_idle: gauge(r, "hsm_sessions_idle", "Idle HSM sessions in the pool"),
@@ -214,6 +226,8 @@ impl Metrics {
         self.audit_writable.set(i64::from(a.writable));
         self.audit_signing.set(i64::from(a.signing));
         self.audit_flushes.set(to_i64(a.flushes));
+        self.audit_reserve.set(to_i64(a.reserve_bytes));
+        self.audit_reserve_short.set(i64::from(a.reserve_short));
         let p = kms.hsm().pool_stats();
         self.hsm_connected.set(i64::from(p.connected));
         self.hsm_idle.set(i64::try_from(p.idle).unwrap_or(i64::MAX));

@@ -9,8 +9,17 @@
 //!   record before it. A segment other than the last ends with a checkpoint of its last
 //!   record (sealed at rotation).
 //!
-//! A last line without `\n` is a torn write from a crash: never acknowledged, removed at
-//! reopen.
+//! The writer preallocates: a segment may end in zero bytes, space written ahead so that
+//! each flush overwrites allocated blocks instead of growing the file (ADR 0013). No
+//! line contains a zero byte, so **the log's data ends at the first zero byte** (or at
+//! the end of the file); zeros after it are unwritten space, not data.
+//!
+//! A crash leaves the last, never-acknowledged group of a write partly on disk: a last
+//! line without `\n`, and after a power loss possibly pages of it beyond a page that did
+//! not reach the disk (zeros). Both are a **torn tail** — from the start of the partial
+//! line to the last non-zero byte — removed (zeroed) at reopen. Non-zero bytes further
+//! past the end of the data than one group can reach ([`MAX_TORN_BYTES`]) cannot be a
+//! torn write: readers report them as stray bytes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -138,12 +147,23 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// A segment's bytes split into complete lines (ranges exclude the `\n`) and the offset
-/// of a torn last line, if any.
+/// The most bytes a torn tail can span: a crash interrupts at most one group, which the
+/// committer bounds at 8 MiB plus the records of the call that crossed the bound.
+pub(crate) const MAX_TORN_BYTES: usize = 16 << 20;
+
+/// A segment's bytes split into complete lines (ranges exclude the `\n`), with the torn
+/// tail a crash left, if any.
 pub(crate) struct Scan {
     pub data: Vec<u8>,
     pub lines: Vec<(usize, usize)>,
+    /// Where the data ends: the first zero byte, or the end of the file.
+    pub end: usize,
+    /// Start of a torn tail (a partial last line, or a crash's residue after `end`).
     pub torn_at: Option<usize>,
+    /// End of the torn tail: one past its last non-zero byte.
+    pub torn_end: usize,
+    /// Offset of a non-zero byte too far past the torn tail's start to be one.
+    pub stray_at: Option<usize>,
 }
 
 impl Scan {
@@ -153,19 +173,33 @@ impl Scan {
     }
 
     pub(crate) fn from_bytes(data: Vec<u8>) -> Scan {
+        let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
         let mut lines = Vec::new();
         let mut start = 0;
-        for (i, b) in data.iter().enumerate() {
+        for (i, b) in data.iter().take(end).enumerate() {
             if *b == b'\n' {
                 lines.push((start, i));
                 start = i + 1;
             }
         }
-        let torn_at = (start < data.len()).then_some(start);
+        // One past the last non-zero byte: beyond `end` only after a torn write.
+        let last = data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        let torn_end = last.max(end);
+        let torn_at = (start < torn_end).then_some(start);
+        let stray_at = (torn_end - start > MAX_TORN_BYTES).then(|| {
+            let from = start + MAX_TORN_BYTES;
+            data.iter()
+                .skip(from)
+                .position(|b| *b != 0)
+                .map_or(from, |i| from + i)
+        });
         Scan {
             data,
             lines,
+            end,
             torn_at,
+            torn_end,
+            stray_at,
         }
     }
 
@@ -187,8 +221,32 @@ mod tests {
         let s = Scan::from_bytes(b"a\nbc\nde".to_vec());
         assert_eq!(s.lines.len(), 2);
         assert_eq!(s.line(1), b"bc");
-        assert_eq!(s.torn_at, Some(5));
+        assert_eq!((s.torn_at, s.torn_end), (Some(5), 7));
         assert_eq!(Scan::from_bytes(b"a\n".to_vec()).torn_at, None);
+    }
+
+    #[test]
+    fn zeros_are_unwritten_space_and_a_residue_after_them_is_torn() {
+        // Preallocated: the data ends at the first zero byte; nothing is torn.
+        let s = Scan::from_bytes(b"a\nbc\n\0\0\0\0".to_vec());
+        assert_eq!(
+            (s.lines.len(), s.end, s.torn_at, s.stray_at),
+            (2, 5, None, None)
+        );
+        // A page of the last group missing (zeros) before one that reached the disk:
+        // torn from the partial line to the residue's last byte.
+        let s = Scan::from_bytes(b"a\nbc\nd\0\0ef\n\0\0".to_vec());
+        assert_eq!((s.lines.len(), s.end), (2, 6));
+        assert_eq!((s.torn_at, s.torn_end, s.stray_at), (Some(5), 11, None));
+        // The missing page ends exactly at a line end: still torn (the residue).
+        let s = Scan::from_bytes(b"a\n\0\0x\0".to_vec());
+        assert_eq!((s.lines.len(), s.torn_at, s.torn_end), (1, Some(2), 5));
+        // A non-zero byte further away than any group reaches is not a torn write.
+        let mut far = b"a\n".to_vec();
+        far.resize(2 + MAX_TORN_BYTES + 10, 0);
+        far.push(b'x');
+        let s = Scan::from_bytes(far);
+        assert_eq!(s.stray_at, Some(2 + MAX_TORN_BYTES + 10));
     }
 
     #[test]

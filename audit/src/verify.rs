@@ -127,6 +127,11 @@ pub enum FaultKind {
     UnknownLine,
     /// A partial last line in a segment that is not the last, or when rejected.
     TornLine,
+    /// Non-zero bytes at `offset`, further past the end of the data than a crash's
+    /// partial write can reach (bytes appended after a zero run: tampering).
+    StrayBytes {
+        offset: u64,
+    },
     /// A segment other than the last does not end with a checkpoint of its last record
     /// (truncated archive).
     NotSealed,
@@ -188,6 +193,10 @@ impl fmt::Display for Fault {
             ),
             FaultKind::UnknownLine => f.write_str("unknown line"),
             FaultKind::TornLine => f.write_str("partial line (truncated write)"),
+            FaultKind::StrayBytes { offset } => write!(
+                f,
+                "data at byte {offset}, far past the end of the log (not a crash's partial write)"
+            ),
             FaultKind::NotSealed => {
                 f.write_str("segment does not end with a checkpoint (truncated archive)")
             }
@@ -401,6 +410,16 @@ pub(crate) fn walk(
                 }
             }
         }
+        if let Some(offset) = scan.stray_at {
+            return Err(fault(
+                Some(path),
+                None,
+                None,
+                FaultKind::StrayBytes {
+                    offset: offset as u64,
+                },
+            ));
+        }
         if let Some(at) = scan.torn_at {
             if i != last || opts.reject_torn_tail {
                 return Err(fault(
@@ -410,7 +429,7 @@ pub(crate) fn walk(
                     FaultKind::TornLine,
                 ));
             }
-            torn_tail_bytes = (scan.data.len() - at) as u64;
+            torn_tail_bytes = (scan.torn_end - at) as u64;
         }
         if i != last && !sealed {
             return Err(fault(Some(path), None, None, FaultKind::NotSealed));

@@ -118,22 +118,39 @@ pub fn storage_healthy(kms: &Kms) -> bool {
     }
 }
 
+/// The KMS's part of every health answer: whether the state is readable and the audit
+/// log writable (R16: without it every decision is refused), and the fields saying so.
+/// Never carries secrets.
+pub fn health(kms: &Kms) -> (bool, serde_json::Map<String, serde_json::Value>) {
+    let storage = storage_healthy(kms);
+    let audit = kms.audit().health();
+    let mut body = serde_json::Map::new();
+    body.insert(
+        "storage".into(),
+        if storage { "ok" } else { "unreadable" }.into(),
+    );
+    body.insert(
+        "audit".into(),
+        if audit.writable { "ok" } else { "unwritable" }.into(),
+    );
+    body.insert("audit_signing".into(), audit.signing.into());
+    // Still ok: the log writes into its preallocated reserve, but the disk is full.
+    body.insert(
+        "audit_reserve".into(),
+        if audit.reserve_short { "short" } else { "ok" }.into(),
+    );
+    (storage && audit.writable, body)
+}
+
 async fn healthz(State(kms): State<Arc<Kms>>) -> Response {
-    match kms.store().key_count() {
-        Ok(_) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok"})),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "health check: storage unreadable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"status": "unhealthy"})),
-            )
-                .into_response()
-        }
-    }
+    let (ok, mut body) = health(&kms);
+    body.insert("status".into(), if ok { "ok" } else { "unhealthy" }.into());
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 async fn not_found() -> HttpError {

@@ -84,11 +84,13 @@ impl Committer {
                 .latest
                 .as_ref()
                 .map_or(0, |c| c.size().min(recovered.frontier.size()));
+        let mut seg = recovered.segment;
+        seg.preallocate = config.preallocate;
         Committer {
             config,
             key,
             signer,
-            seg: recovered.segment,
+            seg,
             frontier: recovered.frontier,
             last_time: recovered.last_time,
             shared,
@@ -115,6 +117,7 @@ impl Committer {
                     }
                     self.note_group(group.len());
                     self.commit(group);
+                    self.top_up();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.tick(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -123,7 +126,25 @@ impl Committer {
             self.maybe_rotate();
         }
         self.checkpoint_if_unsigned();
+        if let Err(e) = self.seg.trim() {
+            tracing::warn!(error = %e, "audit log: preallocated space left at close (harmless: readers skip it)");
+        }
         lock_poisoned(&self.shared.latest).clone()
+    }
+
+    /// Extends the segment's zero-filled reserve when it runs low (after each group and
+    /// at open) and reports it in [`Health`] when it changed.
+    pub(super) fn top_up(&mut self) {
+        self.seg.top_up();
+        let (bytes, short) = (self.seg.reserve(), self.seg.reserve_short());
+        let h = lock_poisoned(&self.shared.health);
+        if h.reserve_bytes != bytes || h.reserve_short != short {
+            drop(h);
+            self.update_health(|h| {
+                h.reserve_bytes = bytes;
+                h.reserve_short = short;
+            });
+        }
     }
 
     /// Takes queued jobs without blocking, up to `max_group`.
@@ -386,15 +407,18 @@ impl Committer {
             return;
         }
         match SegmentFile::create(&self.config.dir, &self.key, &self.frontier) {
-            Ok(next) => {
-                #[allow(unused_mut)]
-                let mut next = next;
+            Ok(mut next) => {
                 #[cfg(feature = "testing")]
                 {
                     next.fail.clone_from(&self.seg.fail);
                 }
                 next.sealed = true;
+                next.preallocate = self.config.preallocate;
+                if let Err(e) = self.seg.trim() {
+                    tracing::warn!(error = %e, "audit log: preallocated space left in a sealed segment (harmless: readers skip it)");
+                }
                 self.seg = next;
+                self.top_up();
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit segment rotation failed; still appending to the sealed segment");

@@ -1,11 +1,22 @@
 //! The writer's file handling: open/recover the last segment, create segments
-//! atomically, write + fdatasync, truncate back to the last durable length after a
-//! failure. Every write goes through [`SegmentFile::write_durable`], the one place a
-//! test can make I/O fail (feature `testing`).
+//! atomically, write + fdatasync, preallocate zero-filled space ahead of the writes,
+//! truncate back to the last durable length after a failure. Every record write goes
+//! through [`SegmentFile::write_durable`], the one place a test can make I/O fail
+//! (feature `testing`).
+//!
+//! **Preallocation (ADR 0013).** Appending changes the file's size, so every `fdatasync`
+//! also writes the inode (and, on a journaled file system, commits the journal). The
+//! segment is therefore extended ahead of the writes with real zero bytes (not
+//! `fallocate`, whose unwritten extents need a metadata update on first write), synced
+//! once; the flushes that follow overwrite allocated blocks and sync only data. The
+//! reader treats the zeros as unwritten ([`crate::segment`]). The reserve is cut off
+//! when a segment is sealed by rotation and at close.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::{LogKey, SignedCheckpoint};
 use crate::error::{Error, Result};
@@ -31,14 +42,26 @@ impl FailSwitch {
     }
 }
 
+/// Zeros written when extending the reserve.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+/// After a failed extension (a full disk), the next attempt waits this long.
+const RESERVE_RETRY: Duration = Duration::from_secs(1);
+
 /// The open segment being appended to.
 pub(crate) struct SegmentFile {
     pub path: PathBuf,
     file: File,
-    /// Bytes known to be on stable storage; everything after is garbage from a failed write.
+    /// Bytes known to be on stable storage; everything after is zeros (preallocated) or
+    /// garbage from a failed write.
     pub durable_len: u64,
+    /// The file's length: `durable_len` plus the zero-filled reserve.
+    capacity: u64,
     /// Whether the last durable line is a checkpoint of the current size.
     pub sealed: bool,
+    /// Bytes of reserve to keep ahead of the writes (0: plain appends).
+    pub preallocate: u64,
+    /// No extension before this (set after one failed).
+    reserve_retry_at: Option<Instant>,
     #[cfg(feature = "testing")]
     pub fail: Option<std::sync::Arc<FailSwitch>>,
 }
@@ -58,18 +81,19 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 impl SegmentFile {
-    fn open(path: PathBuf, durable_len: u64, sealed: bool) -> Result<Self> {
-        let mut file = OpenOptions::new()
+    fn open(path: PathBuf, durable_len: u64, capacity: u64, sealed: bool) -> Result<Self> {
+        let file = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("open segment", &path, e))?;
-        file.seek(SeekFrom::Start(durable_len))
-            .map_err(|e| Error::io("seek segment", &path, e))?;
         Ok(SegmentFile {
             path,
             file,
             durable_len,
+            capacity: capacity.max(durable_len),
             sealed,
+            preallocate: 0,
+            reserve_retry_at: None,
             #[cfg(feature = "testing")]
             fail: None,
         })
@@ -91,7 +115,8 @@ impl SegmentFile {
         }
         fs::rename(&tmp, &path).map_err(|e| Error::io("rename segment", &path, e))?;
         sync_dir(dir)?;
-        SegmentFile::open(path, header.len() as u64, false)
+        let len = header.len() as u64;
+        SegmentFile::open(path, len, len, false)
     }
 
     /// Appends `buf` and fdatasyncs. On error the caller must [`repair`](Self::repair)
@@ -101,9 +126,71 @@ impl SegmentFile {
         if let Some(f) = &self.fail {
             f.check()?;
         }
-        self.file.write_all(buf)?;
+        self.file.write_all_at(buf, self.durable_len)?;
         self.file.sync_data()?;
         self.durable_len += buf.len() as u64;
+        self.capacity = self.capacity.max(self.durable_len);
+        Ok(())
+    }
+
+    /// Bytes of zero-filled reserve left ahead of the writes.
+    pub(crate) fn reserve(&self) -> u64 {
+        self.capacity - self.durable_len
+    }
+
+    /// Whether the last attempt to extend the reserve failed (disk full).
+    pub(crate) fn reserve_short(&self) -> bool {
+        self.reserve_retry_at.is_some()
+    }
+
+    /// Extends the zero-filled reserve to `preallocate` bytes once less than half of it is
+    /// left. Off the acknowledgement path (called after a group's replies). A failure
+    /// (full disk) is not an error: the log keeps writing into what reserve is left and
+    /// then appends; it is logged, and retried after [`RESERVE_RETRY`].
+    pub(crate) fn top_up(&mut self) {
+        if self.preallocate == 0 || self.reserve() >= self.preallocate / 2 {
+            return;
+        }
+        if self.reserve_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let target = self.durable_len + self.preallocate;
+        match self.extend_to(target) {
+            Ok(()) => self.reserve_retry_at = None,
+            Err(e) => {
+                // What did get written is zeros: usable reserve, synced or not.
+                if let Ok(m) = self.file.metadata() {
+                    self.capacity = m.len().max(self.durable_len);
+                }
+                self.reserve_retry_at = Some(Instant::now() + RESERVE_RETRY);
+                tracing::warn!(error = %e, segment = %self.path.display(),
+                    reserve = self.reserve(),
+                    "audit log: cannot preallocate space (disk full?); writing into what is left");
+            }
+        }
+    }
+
+    fn extend_to(&mut self, target: u64) -> std::io::Result<()> {
+        #[cfg(feature = "testing")]
+        if let Some(f) = &self.fail {
+            f.check()?;
+        }
+        zero_range(&self.file, self.capacity, target)?;
+        self.file.sync_data()?;
+        self.capacity = target;
+        Ok(())
+    }
+
+    /// Cuts the reserve off (a sealed segment keeps only its data).
+    pub(crate) fn trim(&mut self) -> Result<()> {
+        if self.capacity == self.durable_len {
+            return Ok(());
+        }
+        self.file
+            .set_len(self.durable_len)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| Error::io("trim segment", &self.path, e))?;
+        self.capacity = self.durable_len;
         Ok(())
     }
 
@@ -124,11 +211,20 @@ impl SegmentFile {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io("truncate segment", &self.path, e))?;
         self.file = file;
-        self.file
-            .seek(SeekFrom::Start(self.durable_len))
-            .map_err(|e| Error::io("seek segment", &self.path, e))?;
+        self.capacity = self.durable_len;
         Ok(())
     }
+}
+
+/// Overwrites `from..to` with zeros.
+fn zero_range(f: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at).map_or(ZEROS.len(), |n| n.min(ZEROS.len()));
+        f.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Removes leftovers of an interrupted segment creation.
@@ -145,8 +241,9 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
 }
 
 /// Reopens the last segment (or creates the first): rebuilds the tree edge from its
-/// header and records, truncates a torn last line, and refuses a segment whose records
-/// are out of sequence (that is tampering or a bug: run the verifier).
+/// header and records, zeroes a torn tail (a crash's partial group), and refuses a
+/// segment whose records are out of sequence or that holds stray bytes past its end
+/// (that is tampering or a bug: run the verifier).
 pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
     remove_temporaries(dir)?;
     let segs = segment::list(dir)?;
@@ -214,25 +311,34 @@ pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
             }
         }
     }
+    if let Some(at) = scan.stray_at {
+        return Err(Error::Tampered(Box::new(crate::verify::Fault {
+            segment: Some(path.clone()),
+            line: None,
+            seq: None,
+            kind: crate::verify::FaultKind::StrayBytes { offset: at as u64 },
+        })));
+    }
+    let capacity = scan.data.len() as u64;
     let durable_len = match scan.torn_at {
         Some(at) => {
             tracing::warn!(
                 segment = %path.display(),
-                bytes = scan.data.len() - at,
-                "audit log: removing a partial last line left by a crash (never acknowledged)"
+                bytes = scan.torn_end - at,
+                "audit log: removing the partial last write a crash left (never acknowledged)"
             );
             let f = OpenOptions::new()
                 .write(true)
                 .open(&path)
                 .map_err(|e| Error::io("open segment", &path, e))?;
-            f.set_len(at as u64)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| Error::io("truncate torn tail", &path, e))?;
+            zero_range(&f, at as u64, scan.torn_end as u64)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| Error::io("remove torn tail", &path, e))?;
             at as u64
         }
-        None => scan.data.len() as u64,
+        None => scan.end as u64,
     };
-    let segment = SegmentFile::open(path, durable_len, sealed)?;
+    let segment = SegmentFile::open(path, durable_len, capacity, sealed)?;
     Ok(Recovered {
         segment,
         frontier,

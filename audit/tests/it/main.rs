@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod diskfull;
 mod log;
+mod prealloc;
 mod proofs;
 mod query;
 mod secrets;

@@ -1,6 +1,7 @@
 //! A full disk under the audit log makes the KMS refuse (503: no record, no answer), and
 //! once space is back it recovers by itself (issue 4). The audit directory of a real
-//! `strongroom dev` is a small tmpfs mount that we fill up. Needs root (mount); skips
+//! `strongroom dev` is a small tmpfs mount that we fill up. The log first uses up its
+//! preallocated reserve (up to 1 MiB, ADR 0013), then refuses. Needs root (mount); skips
 //! otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -56,19 +57,39 @@ async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
 
     let filler = fill(&audit);
     let mut refused = None;
-    for _ in 0..500 {
+    let health = || async {
+        let r = http
+            .get(format!("{}/healthz", server.info.kms_url))
+            .send()
+            .await
+            .unwrap();
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let mut warned = false;
+    // Up to 1 MiB of reserve at a few hundred bytes per record: a few thousand answers.
+    for i in 0..20_000 {
         let r = s.call("retrieve", &uri, json!({})).await.unwrap();
         if r["status"] == 503 {
             refused = Some(r);
             break;
         }
         assert_eq!(r["status"], 200);
+        if !warned && i % 100 == 0 {
+            // While the reserve lasts the KMS answers, and says the disk is full.
+            let h = health().await;
+            warned = h["audit_reserve"] == "short" && h["audit"] == "ok";
+        }
     }
     let refused = refused.expect("a full disk under the audit log must make the KMS refuse");
     assert!(
         refused.get("key").is_none(),
         "no key material in the refusal"
     );
+    assert!(
+        warned,
+        "/healthz warned of the short reserve before the refusals"
+    );
+    assert_eq!(health().await["audit"], "unwritable");
 
     std::fs::remove_file(filler).unwrap();
     let mut recovered = false;
