@@ -139,6 +139,9 @@ pub fn health(kms: &Kms) -> (bool, serde_json::Map<String, serde_json::Value>) {
         "audit_reserve".into(),
         if audit.reserve_short { "short" } else { "ok" }.into(),
     );
+    // Counters: records over flushes is the mean group size (how well group commit works).
+    body.insert("audit_records".into(), audit.size.into());
+    body.insert("audit_flushes".into(), audit.flushes.into());
     (storage && audit.writable, body)
 }
 

@@ -35,6 +35,76 @@ fn event(i: u64, d: &Domain) -> Event {
     .key(KeyUri::new(d, Uuid::from_u128(u128::from(i) + (1 << 64))))
 }
 
+/// Busy and total clock ticks of the whole machine so far (/proc/stat, first line).
+fn machine_ticks() -> BoxResult<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = v.iter().sum();
+    // idle and iowait are not work.
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Appends from one thread to a log of its own (next to `dir`): flushes/s, and the
+/// machine's CPU time per flush.
+fn flush_cost(
+    dir: &std::path::Path,
+    origin: &str,
+    signer: &Arc<SoftwareSigner>,
+    domain: &Domain,
+) -> BoxResult<()> {
+    const N: u64 = 5000;
+    let flush_dir = PathBuf::from(format!("{}-flush", dir.display()));
+    let log = AuditLog::open(LogConfig::new(&flush_dir, origin), signer.clone())?;
+    let flushes0 = log.health().flushes;
+    let (busy0, _) = machine_ticks()?;
+    let t0 = Instant::now();
+    for i in 0..N {
+        log.append(event(i, domain))?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (busy1, _) = machine_ticks()?;
+    let flushes = log.health().flushes - flushes0;
+    drop(log);
+    // The same writes and flushes without the log: one thread overwriting a zero-filled
+    // file (as the preallocated segment is), so no thread hand-offs.
+    let bare = flush_dir.join("bare");
+    std::fs::write(&bare, vec![0u8; 8 << 20])?;
+    let file = std::fs::OpenOptions::new().write(true).open(&bare)?;
+    file.sync_all()?;
+    let line = [b'x'; 488];
+    let (bare0, _) = machine_ticks()?;
+    let t1 = Instant::now();
+    for i in 0..N {
+        std::os::unix::fs::FileExt::write_all_at(&file, &line, i * 489)?;
+        file.sync_data()?;
+    }
+    let bare_secs = t1.elapsed().as_secs_f64();
+    let (bare1, _) = machine_ticks()?;
+    drop(file);
+    std::fs::remove_dir_all(&flush_dir)?;
+    println!(
+        "bare write + fdatasync (one thread, no log): {:.0} µs each, machine CPU {:.0} µs each",
+        bare_secs * 1e6 / N as f64,
+        (bare1 - bare0) as f64 * 10_000.0 / N as f64
+    );
+    // Clock ticks are 10 ms (USER_HZ 100).
+    let cpu_us = (busy1 - busy0) as f64 * 10_000.0 / flushes.max(1) as f64;
+    println!(
+        "one caller: {N} appends in {secs:.2} s = {:.0}/s, {flushes} flushes, {:.0} µs per flush, machine CPU {cpu_us:.0} µs per flush",
+        N as f64 / secs,
+        secs * 1e6 / flushes.max(1) as f64
+    );
+    Ok(())
+}
+
 fn main() -> BoxResult<()> {
     let mut args = std::env::args().skip(1);
     let records: u64 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
@@ -135,6 +205,11 @@ fn main() -> BoxResult<()> {
         "durable appends (submit, 4 x 1024 in flight): {in_flight} in {secs:.2} s = {:.0}/s; {stats}",
         in_flight as f64 / secs
     );
+
+    // 2b. What one flush costs: one caller, so every record is its own write and flush.
+    //     The machine's CPU time per flush (all cores, kernel included, from /proc/stat)
+    //     is the fixed part of every group's cost (docs/benchmarks.md).
+    flush_cost(&dir, origin, &signer, &domain)?;
 
     // 3. Fill to `records` with batched appends (as a busy KMS would group them).
     let t0 = Instant::now();

@@ -66,8 +66,21 @@ async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
         r.json::<serde_json::Value>().await.unwrap()
     };
     let mut warned = false;
+    let counters = |h: &serde_json::Value| {
+        (
+            h["audit_records"].as_u64().unwrap(),
+            h["audit_flushes"].as_u64().unwrap(),
+        )
+    };
+    let start = counters(&health().await);
     // Up to 1 MiB of reserve at a few hundred bytes per record: a few thousand answers.
     for i in 0..20_000 {
+        if i == 10 {
+            // Every answer was recorded and flushed before it left.
+            let (records, flushes) = counters(&health().await);
+            assert!(records >= start.0 + 10, "{start:?} -> {records}");
+            assert!(flushes > start.1 && flushes - start.1 <= records - start.0);
+        }
         let r = s.call("retrieve", &uri, json!({})).await.unwrap();
         if r["status"] == 503 {
             refused = Some(r);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::json;
-use strongroom_e2e::{DevServer, Session, post_messages};
+use strongroom_e2e::{DevInfo, DevServer, Session, post_messages};
 use uuid::Uuid;
 
 struct Args {
@@ -110,6 +110,21 @@ async fn retrieve_load(
     let rps = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
     all.sort_unstable();
     Ok((rps, all))
+}
+
+/// The audit log's (records, flushes) counters from `/healthz`.
+async fn audit_counters(http: &reqwest::Client, info: &DevInfo) -> anyhow::Result<(u64, u64)> {
+    let h: serde_json::Value = http
+        .get(format!("{}/healthz", info.kms_url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let field = |k: &str| {
+        h[k].as_u64()
+            .with_context(|| format!("/healthz lacks {k}: {h}"))
+    };
+    Ok((field("audit_records")?, field("audit_flushes")?))
 }
 
 /// utime + stime of a process, in seconds (from /proc/PID/stat, clock ticks of 100 Hz).
@@ -235,15 +250,20 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(res["status"] == 201, "resource: {res}");
 
+    let audit0 = audit_counters(&http, &info).await?;
     let cpu0 = cpu_seconds(server.pid());
     let (rps, lat) = retrieve_load(&sessions, &key_uri, a.seconds, None).await?;
     let cpu1 = cpu_seconds(server.pid());
+    let audit1 = audit_counters(&http, &info).await?;
     println!(
         "retrieves/s at full load ({} clients): {rps:.0}  p50 {:.2} ms  p99 {:.2} ms",
         a.concurrency,
         pct(&lat, 0.50),
         pct(&lat, 0.99)
     );
+    #[allow(clippy::cast_precision_loss)]
+    let per_flush = (audit1.0 - audit0.0) as f64 / (audit1.1 - audit0.1).max(1) as f64;
+    println!("audit records per flush at full load: {per_flush:.1}");
     let (rps_half, lat_half) =
         retrieve_load(&sessions, &key_uri, a.seconds, Some(rps / 2.0)).await?;
     println!(
