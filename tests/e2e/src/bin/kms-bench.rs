@@ -250,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(res["status"] == 201, "resource: {res}");
 
+    println!("full-load phase: starting");
     let audit0 = audit_counters(&http, &info).await?;
     let cpu0 = cpu_seconds(server.pid());
     let (rps, lat) = retrieve_load(&sessions, &key_uri, a.seconds, None).await?;
