@@ -58,7 +58,28 @@ pub(crate) fn load(path: &Path) -> Result<Arc<Module>, Error> {
     Ok(module)
 }
 
+/// Tries of `C_GetTokenInfo` before its `CKR_GENERAL_ERROR` is believed.
+const TOKEN_INFO_TRIES: u32 = 5;
+
 impl Module {
+    /// `C_GetTokenInfo`, retried a few times on `CKR_GENERAL_ERROR`. `SoftHSM2` re-reads a
+    /// token's files on every call, for every slot, and fails the read with that error
+    /// while another process is rewriting its own token at that moment (seen once in CI:
+    /// one test's `init_token` failed while parallel test processes generated keys in
+    /// their tokens). Only slot listing at open and token set-up call it.
+    fn token_info(&self, slot: Slot) -> Result<TokenInfo, Error> {
+        let mut tries = 1;
+        loop {
+            match self.ctx.get_token_info(slot) {
+                Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < TOKEN_INFO_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.map_err(pkcs11("C_GetTokenInfo")),
+            }
+        }
+    }
+
     /// Slots holding an initialised token with this label, with their token info.
     fn tokens_labelled(&self, label: &str) -> Result<Vec<(Slot, TokenInfo)>, Error> {
         let slots = self
@@ -67,10 +88,7 @@ impl Module {
             .map_err(pkcs11("C_GetSlotList"))?;
         let mut found = Vec::new();
         for slot in slots {
-            let info = self
-                .ctx
-                .get_token_info(slot)
-                .map_err(pkcs11("C_GetTokenInfo"))?;
+            let info = self.token_info(slot)?;
             if info.token_initialized() && info.label() == label {
                 found.push((slot, info));
             }
@@ -102,10 +120,7 @@ impl Module {
             .get_slots_with_token()
             .map_err(pkcs11("C_GetSlotList"))?;
         for slot in slots {
-            let info = self
-                .ctx
-                .get_token_info(slot)
-                .map_err(pkcs11("C_GetTokenInfo"))?;
+            let info = self.token_info(slot)?;
             if !info.token_initialized() {
                 return Ok(Some(slot));
             }
