@@ -66,7 +66,8 @@ impl Module {
     /// token's files on every call, for every slot, and fails the read with that error
     /// while another process is rewriting its own token at that moment (seen once in CI:
     /// one test's `init_token` failed while parallel test processes generated keys in
-    /// their tokens). Only slot listing at open and token set-up call it.
+    /// their tokens; `SoftHSMv2` issue 757 reports such failures under parallel access).
+    /// Only slot listing at open and token set-up call it.
     fn token_info(&self, slot: Slot) -> Result<TokenInfo, Error> {
         let mut tries = 1;
         loop {
