@@ -2,8 +2,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use strongroom_audit::{
-    Action, AuditLog, CheckpointSigner, Domain, Event, Filter, KeyUri, Kind, LogConfig, LogKey,
-    Outcome, Reason, Record, ResourceUri, SoftwareSigner, VerifyOptions,
+    Action, AuditLog, CheckpointSigner, Domain, Event, FaultKind, Filter, KeyUri, Kind, LogConfig,
+    LogKey, Outcome, Reason, Record, ResourceUri, SoftwareSigner, VerifyOptions, verify_dir,
 };
 use uuid::Uuid;
 
@@ -107,4 +107,18 @@ pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// A log ending in a torn tail of `torn` bytes after `records` records: `verify` reports
+/// it, `--strict` refuses it as `TornLine`, and reopening cuts it and goes on at `records`.
+pub fn assert_torn_tail_recovers(dir: &Path, records: u64, torn: u64) {
+    let v = verify_dir(dir, &key(), &VerifyOptions::default()).unwrap();
+    assert_eq!((v.records, v.torn_tail_bytes), (records, torn));
+    let err = verify_dir(dir, &key(), &VerifyOptions::default().strict()).unwrap_err();
+    assert_eq!(err.fault().unwrap().kind, FaultKind::TornLine);
+    let log = open(config(dir));
+    assert_eq!(log.append(event(records)).unwrap().seq, records);
+    log.close().unwrap();
+    let v = verify_dir(dir, &key(), &VerifyOptions::default().strict()).unwrap();
+    assert_eq!((v.records, v.torn_tail_bytes), (records + 1, 0));
 }

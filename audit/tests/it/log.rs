@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use strongroom_audit::{
-    AuditLog, Error, FaultKind, Filter, HsmSigner, LogKey, SignedCheckpoint, VerifyOptions, query,
-    verify_dir,
+    AuditLog, Error, Filter, HsmSigner, LogKey, SignedCheckpoint, VerifyOptions, query, verify_dir,
 };
 
-use crate::common::{ORIGIN, config, event, key, open, segments, signer, write_log};
+use crate::common::{
+    ORIGIN, assert_torn_tail_recovers, config, event, key, open, segments, signer, write_log,
+};
 
 #[test]
 fn appends_survive_reopen_and_verify_signed() {
@@ -131,16 +132,7 @@ fn a_torn_tail_is_reported_then_cut_at_reopen() {
     bytes.extend_from_slice(b"{\"v\":1,\"seq\":12,\"time\":\"2026-0");
     std::fs::write(&last, &bytes).unwrap();
 
-    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default()).unwrap();
-    assert_eq!((v.records, v.torn_tail_bytes), (12, 30));
-    let err = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap_err();
-    assert_eq!(err.fault().unwrap().kind, FaultKind::TornLine);
-
-    let log = open(config(dir.path()));
-    assert_eq!(log.append(event(12)).unwrap().seq, 12);
-    log.close().unwrap();
-    let v = verify_dir(dir.path(), &key(), &VerifyOptions::default().strict()).unwrap();
-    assert_eq!((v.records, v.torn_tail_bytes), (13, 0));
+    assert_torn_tail_recovers(dir.path(), 12, 30);
 }
 
 #[test]
