@@ -33,6 +33,8 @@ struct RawConfig {
 struct RawAudit {
     #[serde(default = "default_group_commit_window_us")]
     group_commit_window_us: u32,
+    #[serde(default = "default_committer_nice")]
+    committer_nice: u8,
 }
 
 /// Default audit group-commit window (docs/benchmarks.md, "The cost of auditing").
@@ -40,6 +42,47 @@ pub const DEFAULT_GROUP_COMMIT_WINDOW_US: u32 = 0;
 
 fn default_group_commit_window_us() -> u32 {
     DEFAULT_GROUP_COMMIT_WINDOW_US
+}
+
+fn default_committer_nice() -> u8 {
+    strongroom_audit::DEFAULT_COMMITTER_NICE
+}
+
+/// How the audit writer trades latency for fewer flushes under load (`[audit]`, R16;
+/// ADRs 0012 and 0014).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditTuning {
+    /// Longest wait for more records before a flush under load.
+    pub group_window: std::time::Duration,
+    /// Nice steps the committer thread runs below the request workers (0–19).
+    pub committer_nice: u8,
+}
+
+impl AuditTuning {
+    /// Checks the ranges `[audit]` and `strongroom dev` accept.
+    pub fn new(group_commit_window_us: u32, committer_nice: u8) -> anyhow::Result<Self> {
+        if group_commit_window_us > 100_000 {
+            bail!("audit.group_commit_window_us must be between 0 and 100000");
+        }
+        if committer_nice > 19 {
+            bail!("audit.committer_nice must be between 0 and 19");
+        }
+        Ok(AuditTuning {
+            group_window: std::time::Duration::from_micros(u64::from(group_commit_window_us)),
+            committer_nice,
+        })
+    }
+}
+
+impl Default for AuditTuning {
+    fn default() -> Self {
+        AuditTuning {
+            group_window: std::time::Duration::from_micros(u64::from(
+                DEFAULT_GROUP_COMMIT_WINDOW_US,
+            )),
+            committer_nice: strongroom_audit::DEFAULT_COMMITTER_NICE,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,8 +186,8 @@ pub struct Config {
     pub core: Option<CoreConfig>,
     /// Where `/metrics` is served (plain HTTP); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
-    /// Longest wait for more records before an audit flush under load (R16).
-    pub audit_group_window: std::time::Duration,
+    /// Audit writer tuning (R16).
+    pub audit: AuditTuning,
 }
 
 #[derive(Debug, Clone)]
@@ -217,13 +260,10 @@ impl TryFrom<RawConfig> for Config {
                 })
             }
         };
-        let group_commit_window_us = raw
-            .audit
-            .as_ref()
-            .map_or(DEFAULT_GROUP_COMMIT_WINDOW_US, |a| a.group_commit_window_us);
-        if group_commit_window_us > 100_000 {
-            bail!("audit.group_commit_window_us must be between 0 and 100000");
-        }
+        let audit = match &raw.audit {
+            Some(a) => AuditTuning::new(a.group_commit_window_us, a.committer_nice)?,
+            None => AuditTuning::default(),
+        };
         let static_certificate = raw
             .kms
             .static_certificate
@@ -249,7 +289,7 @@ impl TryFrom<RawConfig> for Config {
             rsa_bits: raw.hsm.rsa_bits,
             core,
             metrics_listen: raw.metrics.map(|m| m.listen),
-            audit_group_window: std::time::Duration::from_micros(u64::from(group_commit_window_us)),
+            audit,
             issuers: raw
                 .auth
                 .issuers
@@ -374,8 +414,12 @@ listen = "127.0.0.1:9464"
 # writer also waits, under heavy load only, for more records before a flush: fewer
 # flushes on slow disks with many concurrent clients, at the price of latency
 # (docs/adr/0012-audit-group-commit-window.md). 0, the default, never waits.
+# The writer's thread runs committer_nice steps (0-19) below the request workers, so under
+# CPU load it flushes after them and each flush serves more records; on an idle machine it
+# runs at once. 0 runs it at the workers' priority (docs/adr/0014-audit-committer-priority.md).
 [audit]
 group_commit_window_us = 0
+committer_nice = 10
 
 # The hosted core this realm dials out to (no inbound port is needed). Only the roots in
 # pinned_roots are trusted, each must have pathLenConstraint 0, and chains with an
@@ -422,15 +466,16 @@ mod tests {
     }
 
     #[test]
-    fn the_audit_group_window_is_bounded_and_defaults_when_absent() {
+    fn the_audit_tuning_is_bounded_and_defaults_when_absent() {
         let c = Config::parse(EXAMPLE).unwrap();
-        assert!(c.audit_group_window.is_zero());
+        assert_eq!(c.audit, AuditTuning::default());
+        assert!(c.audit.group_window.is_zero());
         let on = EXAMPLE.replace(
             "group_commit_window_us = 0",
             "group_commit_window_us = 1000",
         );
         assert_eq!(
-            Config::parse(&on).unwrap().audit_group_window,
+            Config::parse(&on).unwrap().audit.group_window,
             std::time::Duration::from_millis(1)
         );
         let long = EXAMPLE.replace(
@@ -439,11 +484,20 @@ mod tests {
         );
         let e = Config::parse(&long).unwrap_err().to_string();
         assert!(e.contains("audit.group_commit_window_us"), "{e}");
-        let absent = EXAMPLE.replace("[audit]\ngroup_commit_window_us = 0\n", "");
+        let e = Config::parse(&EXAMPLE.replace("committer_nice = 10", "committer_nice = 20"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("audit.committer_nice"), "{e}");
+        let zero = EXAMPLE.replace("committer_nice = 10", "committer_nice = 0");
+        assert_eq!(Config::parse(&zero).unwrap().audit.committer_nice, 0);
+        let absent = EXAMPLE.replace(
+            "[audit]\ngroup_commit_window_us = 0\ncommitter_nice = 10\n",
+            "",
+        );
         assert_ne!(absent, EXAMPLE);
         assert_eq!(
-            Config::parse(&absent).unwrap().audit_group_window,
-            std::time::Duration::from_micros(u64::from(DEFAULT_GROUP_COMMIT_WINDOW_US))
+            Config::parse(&absent).unwrap().audit,
+            AuditTuning::default()
         );
     }
 

@@ -55,6 +55,11 @@ pub struct DevArgs {
     #[arg(long, default_value_t = crate::config::DEFAULT_GROUP_COMMIT_WINDOW_US,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub audit_group_commit_window_us: u32,
+    /// Nice steps the audit writer runs below the request workers, 0-19 (as `[audit]
+    /// committer_nice`).
+    #[arg(long, default_value_t = strongroom_audit::DEFAULT_COMMITTER_NICE,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub audit_committer_nice: u8,
     /// The core-sim binary to start (default: `core-sim` next to this executable).
     #[arg(long, conflicts_with = "no_core")]
     pub core_sim: Option<PathBuf>,
@@ -134,6 +139,8 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
             .arg(args.channel_ttl_seconds.to_string())
             .arg("--audit-group-commit-window-us")
             .arg(args.audit_group_commit_window_us.to_string())
+            .arg("--audit-committer-nice")
+            .arg(args.audit_committer_nice.to_string())
             .env("SOFTHSM2_CONF", &conf);
         if let Some(m) = &args.module {
             cmd.arg("--module").arg(m);
@@ -218,9 +225,10 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         issuers,
         x5c,
         channel_ttl_seconds: args.channel_ttl_seconds,
-        audit_group_window: std::time::Duration::from_micros(u64::from(
+        audit: crate::config::AuditTuning::new(
             args.audit_group_commit_window_us,
-        )),
+            args.audit_committer_nice,
+        )?,
     })
     .await?;
 

@@ -57,7 +57,7 @@ pub struct KmsParts<'a> {
     pub issuers: Vec<Issuer>,
     pub x5c: Vec<String>,
     pub channel_ttl_seconds: u32,
-    pub audit_group_window: std::time::Duration,
+    pub audit: crate::config::AuditTuning,
 }
 
 /// Opens the audit log in `<state>/audit`, checkpoints signed by the HSM's P-256 key. Each
@@ -67,7 +67,7 @@ pub fn open_audit(
     state_dir: &Path,
     domain: &str,
     hsm: &Hsm,
-    group_window: std::time::Duration,
+    tuning: crate::config::AuditTuning,
 ) -> anyhow::Result<Arc<strongroom_audit::AuditLog>> {
     let origin = audit_origin(domain);
     let mut cfg = strongroom_audit::LogConfig::new(state_dir.join("audit"), &origin);
@@ -75,7 +75,8 @@ pub fn open_audit(
         tracing::info!(target: "strongroom::audit::checkpoint", size = cp.size(), note = %cp.note(), "audit checkpoint");
     }));
     cfg.on_record = crate::journal::audit_mirror();
-    cfg.group_window = group_window;
+    cfg.group_window = tuning.group_window;
+    cfg.committer_nice = tuning.committer_nice;
     let signer = Arc::new(
         strongroom_audit::HsmSigner::new(hsm.clone()).context("audit signing key in the HSM")?,
     );
@@ -92,12 +93,7 @@ pub fn open_audit(
 }
 
 pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
-    let audit = open_audit(
-        &parts.state_dir,
-        parts.domain,
-        &parts.hsm,
-        parts.audit_group_window,
-    )?;
+    let audit = open_audit(&parts.state_dir, parts.domain, &parts.hsm, parts.audit)?;
     let store = Arc::new(
         RedbStore::open(&parts.store_path, parts.cache_bytes)
             .with_context(|| format!("opening {}", parts.store_path.display()))?,
@@ -299,7 +295,7 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
             issuers,
             x5c,
             channel_ttl_seconds: cfg.channel_ttl_seconds,
-            audit_group_window: cfg.audit_group_window,
+            audit: cfg.audit,
         })
         .await?;
         audit = Some(Arc::clone(kms.audit()));

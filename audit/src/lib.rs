@@ -90,5 +90,6 @@ pub use verify::{Fault, FaultKind, Verified, VerifyOptions, verify_dir};
 #[cfg(feature = "testing")]
 pub use writer::FailSwitch;
 pub use writer::{
-    AuditLog, CheckpointSink, Clock, Health, LogConfig, Receipt, RecordSink, SystemClock,
+    AuditLog, CheckpointSink, Clock, DEFAULT_COMMITTER_NICE, Health, LogConfig, Receipt,
+    RecordSink, SystemClock,
 };

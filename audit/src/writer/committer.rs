@@ -39,6 +39,23 @@ pub(super) struct Committer {
 /// Weight of the newest group in the smoothed arrival rate.
 const RATE_ALPHA: f64 = 0.25;
 
+/// Lowers the calling thread's CPU priority by `steps` nice levels, capped at 19 (see
+/// [`super::LogConfig::committer_nice`]). On Linux a nice value is per thread, and raising
+/// it needs no privilege; should it fail anyway, the log works on at its creator's
+/// priority and says so.
+pub(super) fn lower_priority(steps: u8) {
+    use rustix::process::{getpriority_process, setpriority_process};
+    if steps == 0 {
+        return;
+    }
+    let me = Some(rustix::thread::gettid());
+    let result = getpriority_process(me)
+        .and_then(|now| setpriority_process(me, (now + i32::from(steps)).min(19)));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "audit committer: could not lower its CPU priority; under load each flush serves fewer records");
+    }
+}
+
 /// The group-commit wait (see [`LogConfig::group_window`]) for a group of `n` calls
 /// taken `since_last` after the previous group, when calls arrived at a smoothed `rate`
 /// per second: none unless the window would bring at least a quarter of `target` more

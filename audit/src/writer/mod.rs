@@ -61,6 +61,10 @@ pub type CheckpointSink = Arc<dyn Fn(&SignedCheckpoint) + Send + Sync>;
 /// off the box for SIEM pickup). Called on the committer thread: keep it quick.
 pub type RecordSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Default [`LogConfig::committer_nice`]: measured on a 2-vCPU VM at 32 and 512
+/// concurrent clients (docs/benchmarks.md, "The cost of auditing"; ADR 0014).
+pub const DEFAULT_COMMITTER_NICE: u8 = 10;
+
 /// Writer configuration. [`LogConfig::new`] gives the defaults.
 #[non_exhaustive]
 pub struct LogConfig {
@@ -84,6 +88,13 @@ pub struct LogConfig {
     pub group_window: Duration,
     /// Group size the window aims for (default 32).
     pub group_target: usize,
+    /// How many nice steps below its creator the committer thread runs (default
+    /// [`DEFAULT_COMMITTER_NICE`]; 0: the same priority; the result is capped at 19).
+    /// When the CPUs are busy with requests, a committer of lower priority runs after
+    /// them, so each flush serves the records they produced meanwhile; on an idle
+    /// machine it runs at once (ADR 0014). Durability is unchanged: every answer still
+    /// waits for the flush that holds its record.
+    pub committer_nice: u8,
     /// Zero-filled space kept written ahead of the records (default 1 MiB; 0: plain
     /// appends), so that a flush overwrites allocated blocks and need not write the
     /// file's inode (ADR 0013). Also a reserve: on a full disk the log keeps taking
@@ -109,6 +120,7 @@ impl fmt::Debug for LogConfig {
             .field("max_group", &self.max_group)
             .field("group_window", &self.group_window)
             .field("group_target", &self.group_target)
+            .field("committer_nice", &self.committer_nice)
             .field("preallocate", &self.preallocate)
             .finish_non_exhaustive()
     }
@@ -125,6 +137,7 @@ impl LogConfig {
             max_group: 4096,
             group_window: Duration::ZERO,
             group_target: 32,
+            committer_nice: DEFAULT_COMMITTER_NICE,
             preallocate: 1 << 20,
             clock: Arc::new(SystemClock),
             on_checkpoint: None,
@@ -272,6 +285,7 @@ impl AuditLog {
             }),
             latest: Mutex::new(recovered.latest.clone()),
         });
+        let nice = config.committer_nice;
         let mut committer =
             committer::Committer::new(config, key.clone(), signer, recovered, Arc::clone(&shared));
         // Sign what a crash left unsigned (or the empty tree of a new log) before
@@ -281,7 +295,10 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel::<Job>();
         let handle = std::thread::Builder::new()
             .name("audit-committer".into())
-            .spawn(move || committer.run(&rx))
+            .spawn(move || {
+                committer::lower_priority(nice);
+                committer.run(&rx)
+            })
             .map_err(|e| Error::io("spawn committer", "audit-committer", e))?;
         Ok(AuditLog {
             jobs: Mutex::new(Some(tx)),

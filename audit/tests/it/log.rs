@@ -204,3 +204,52 @@ pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// The committer runs `committer_nice` steps below the thread that opened the log (ADR
+/// 0014: under CPU load it runs after the request workers, so each flush serves more
+/// records), and at its creator's priority with 0. Read from /proc: fails if the setting
+/// is ignored.
+#[test]
+fn the_committer_runs_at_the_configured_lower_priority() {
+    fn nice_of(stat: &str) -> i32 {
+        // Fields after "(comm)": state is field 3, nice is field 19 (proc_pid_stat(5)).
+        let rest = stat.rsplit_once(')').unwrap().1;
+        rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+    fn committers() -> HashSet<(String, i32)> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.unwrap().path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                (comm.trim() == "audit-committer").then(|| {
+                    (
+                        t.file_name().unwrap().to_string_lossy().into_owned(),
+                        nice_of(&stat),
+                    )
+                })
+            })
+            .collect()
+    }
+    let mine = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    for steps in [7u8, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let before = committers();
+        let mut c = config(dir.path());
+        c.committer_nice = steps;
+        let log = open(c);
+        // The committer lowers its priority first thing; this append waits for it.
+        log.append(event(0)).unwrap();
+        let new: Vec<i32> = committers()
+            .difference(&before)
+            .map(|(_, nice)| *nice)
+            .collect();
+        let want = (mine + i32::from(steps)).min(19);
+        assert!(
+            new.contains(&want),
+            "steps {steps}: committers {new:?}, want {want}"
+        );
+        log.close().unwrap();
+    }
+}
