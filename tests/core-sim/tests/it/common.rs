@@ -131,7 +131,7 @@ impl Sim {
 
     /// Adds `user` as if both parts of the two-part change (R10) succeeded: the core's
     /// checks and apply, no realm. The flow itself runs against a real realm in
-    /// tests/e2e/tests/membership.rs and against a fake one in `membership.rs` here.
+    /// tests/e2e/tests/e2e/membership.rs and against a fake one in `membership.rs` here.
     pub fn add(&self, actor: &Login, room: Uuid, user: Uuid) -> StatusCode {
         let r = self.state.0.db.write(|m, now| {
             let c = m.plan_add(room, actor.user, user)?;
