@@ -24,9 +24,10 @@
 //! - Start-up: `AuditLog::open(LogConfig::new(state_dir.join("audit"), "<domain>/audit"),
 //!   Arc::new(HsmSigner::new(hsm.clone())?))`; set `config.on_checkpoint` to mirror each
 //!   checkpoint note to the journal (that copy is what catches a rewritten history).
-//! - Every decision: build an `Event` and call `append` (blocking) or `submit` (callback
-//!   on the committer thread; bridge to a tokio oneshot) **before** answering; on `Err`,
-//!   refuse the request. `health()` feeds the health endpoint.
+//! - Every decision: build an `Event` and await `append_async` (async callers, the KMS),
+//!   or call `append` (blocking) or `submit` (a callback on the committer thread)
+//!   **before** answering; on `Err`, refuse the request. The record is encoded on the
+//!   caller's thread (ADR 0015). `health()` feeds the health endpoint.
 //! - Shutdown: `close()` writes the final checkpoint and returns it.
 //! - CLI: `verify` = [`verify_dir`] (exit non-zero on `Err`, print the [`Fault`]);
 //!   `--against <checkpoint>` = [`VerifyOptions::trusted`]; `show`/`query` = [`query`]
@@ -48,7 +49,7 @@
 //! let domain: Domain = "kms.example.com".parse()?;
 //! let user = uuid::Uuid::new_v4(); // the obfuscated user ID from the token
 //! let receipt = log.append(
-//!     Event::new(Kind::KmsDecision, Action::Retrieve, Outcome::Allowed, Reason::Ok)
+//!     &Event::new(Kind::KmsDecision, Action::Retrieve, Outcome::Allowed, Reason::Ok)
 //!         .user(user)
 //!         .key(KeyUri::new(&domain, uuid::Uuid::new_v4())),
 //! )?; // durable now: answer the client
@@ -90,6 +91,6 @@ pub use verify::{Fault, FaultKind, Verified, VerifyOptions, verify_dir};
 #[cfg(feature = "testing")]
 pub use writer::FailSwitch;
 pub use writer::{
-    AuditLog, CheckpointSink, Clock, DEFAULT_COMMITTER_NICE, Health, LogConfig, Receipt,
+    AuditLog, CheckpointSink, Clock, DEFAULT_COMMITTER_NICE, Health, LogConfig, Receipt, Receipts,
     RecordSink, SystemClock,
 };

@@ -2,6 +2,7 @@
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::jose::jwk::{EcPublicJwk, OctJwk};
 
@@ -147,9 +148,89 @@ impl Response {
         }
     }
 
+    /// The JSON of an answer that holds no secret (signed errors, the ECDHE answer).
     pub fn to_json(&self) -> Vec<u8> {
         // INVARIANT: every member is a string, number or a struct of those.
         #[allow(clippy::expect_used)]
         serde_json::to_vec(self).expect("response serialises")
+    }
+
+    /// The JSON of an answer that may carry key material (sealed on a channel). A plain
+    /// `Vec` doubles as serde_json writes into it and frees each smaller buffer with a
+    /// copy of the keys in it; this one wipes every buffer it leaves behind and itself.
+    pub fn to_json_wiped(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = WipingWriter(Zeroizing::new(Vec::with_capacity(WIPED_START)));
+        // INVARIANT: as in `to_json`; the writer itself cannot fail.
+        #[allow(clippy::expect_used)]
+        serde_json::to_writer(&mut out, self).expect("response serialises");
+        out.0
+    }
+}
+
+/// Enough for an answer with a few keys, so most never grow.
+const WIPED_START: usize = 2048;
+
+/// An `io::Write` into a zeroizing buffer that grows by moving to a buffer twice as large
+/// and wiping the old one (`Zeroizing<Vec>` wipes the whole capacity when dropped).
+struct WipingWriter(Zeroizing<Vec<u8>>);
+
+impl std::io::Write for WipingWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let need = self.0.len() + data.len();
+        if need > self.0.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(need.max(2 * self.0.capacity())));
+            bigger.extend_from_slice(&self.0);
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn keys(n: usize) -> Response {
+        let key = |i: usize| KeyObject {
+            uri: format!("kms://kms.example.com/keys/{i:08}"),
+            jwk: Some(OctJwk {
+                kty: "oct".into(),
+                kid: format!("kms://kms.example.com/keys/{i:08}"),
+                k: "A".repeat(43),
+            }),
+            user_id: "u".into(),
+            client_id: "c".into(),
+            create_date: "2026-12-03T00:00:00Z".into(),
+            expiration_date: "2026-12-04T00:00:00Z".into(),
+            bind_date: None,
+            resource_uri: None,
+        };
+        Response::ok(
+            201,
+            "r".into(),
+            Some(Payload::Keys((0..n).map(key).collect())),
+        )
+    }
+
+    /// The wiping writer writes exactly what serde_json writes, below its starting
+    /// capacity and well past it (several moves to a larger buffer).
+    #[test]
+    fn wiped_json_is_the_same_json_at_every_size() {
+        for n in [0, 1, 5, 40, 300] {
+            let r = keys(n);
+            let wiped = r.to_json_wiped();
+            assert_eq!(*wiped, r.to_json(), "{n} keys");
+            assert!(wiped.capacity() >= WIPED_START);
+        }
+        assert!(
+            keys(40).to_json().len() > 4 * WIPED_START,
+            "the test makes it grow"
+        );
     }
 }

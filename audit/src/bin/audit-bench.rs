@@ -1,7 +1,8 @@
 //! Benchmark (not a test): durable appends/s with group commit, verification speed,
 //! proof sizes. `cargo run --release -p strongroom-audit --bin audit-bench -- [records]
-//! [threads] [dir]` (defaults: 1000000 records, 64 writer threads, a directory under
-//! the system temp dir, removed afterwards). Signs with a software P-256 key.
+//! [threads] [dir] [window_us] [committer_nice]` (defaults: 1000000 records, 64 writer
+//! threads, a directory under the system temp dir, removed afterwards, no group window,
+//! the committer at `DEFAULT_COMMITTER_NICE`). Signs with a software P-256 key.
 
 // Figures for humans: f64 precision is plenty for counts below 2^52.
 #![allow(clippy::cast_precision_loss)]
@@ -67,7 +68,7 @@ fn flush_cost(
     let (busy0, _) = machine_ticks()?;
     let t0 = Instant::now();
     for i in 0..N {
-        log.append(event(i, domain))?;
+        log.append(&event(i, domain))?;
     }
     let secs = t0.elapsed().as_secs_f64();
     let (busy1, _) = machine_ticks()?;
@@ -114,12 +115,15 @@ fn main() -> BoxResult<()> {
         PathBuf::from,
     );
     let window_us: u64 = args.next().map_or(Ok(0), |a| a.parse())?;
+    let nice: u8 = args
+        .next()
+        .map_or(Ok(strongroom_audit::DEFAULT_COMMITTER_NICE), |a| a.parse())?;
     let domain: Domain = "kms.example.com".parse()?;
     let signer = Arc::new(SoftwareSigner::from_bytes(&[42; 32])?);
     let origin = "kms.example.com/audit";
     let key = LogKey::new(origin, signer.public_key())?;
     println!(
-        "audit-bench: {records} records, {threads} writer threads, group window {window_us} µs, {}",
+        "audit-bench: {records} records, {threads} writer threads, group window {window_us} µs, committer nice +{nice}, {}",
         dir.display()
     );
 
@@ -127,6 +131,7 @@ fn main() -> BoxResult<()> {
     let concurrent = (records / 5).clamp(1, 200_000);
     let mut config = LogConfig::new(&dir, origin);
     config.group_window = std::time::Duration::from_micros(window_us);
+    config.committer_nice = nice;
     let log = Arc::new(AuditLog::open(config, signer.clone())?);
     let groups = |log: &AuditLog, since: (u64, u64)| {
         let h = log.health();
@@ -151,7 +156,7 @@ fn main() -> BoxResult<()> {
                     if i >= concurrent {
                         return Ok(());
                     }
-                    log.append(event(i, &d))?;
+                    log.append(&event(i, &d))?;
                 }
             })
         })
@@ -182,7 +187,7 @@ fn main() -> BoxResult<()> {
                         let tx = tx.clone();
                         let i = concurrent + c + 4 * sent;
                         log.submit(
-                            vec![event(i, &d)],
+                            &[event(i, &d)],
                             Box::new(move |r| {
                                 let _ = tx.send(r.map(|_| ()));
                             }),
@@ -216,7 +221,7 @@ fn main() -> BoxResult<()> {
     let mut i = concurrent + in_flight;
     while i < records {
         let n = (records - i).min(1000);
-        log.append_batch((i..i + n).map(|j| event(j, &domain)).collect())?;
+        log.append_batch(&(i..i + n).map(|j| event(j, &domain)).collect::<Vec<_>>())?;
         i += n;
     }
     let filled = records.saturating_sub(concurrent + in_flight);

@@ -153,6 +153,79 @@ impl Event {
         }
         Ok(())
     }
+
+    /// Appends this event's record *body*: the canonical JSON object of its fields from
+    /// `kind` on, with nothing of its log position or time. The caller encodes it on its
+    /// own thread, so what it allocated is freed there, and the committer only puts
+    /// [`line_prefix`] before the body's first byte past `{` (see `committer.rs`).
+    pub(crate) fn encode_body_into(&self, buf: &mut Vec<u8>) -> Result<()> {
+        let body = Body {
+            kind: self.kind,
+            action: self.action,
+            outcome: self.outcome,
+            reason: self.reason,
+            status: self.status,
+            user: self.user,
+            org: self.org,
+            client: self.client,
+            machine: self.machine,
+            subject: self.subject,
+            peer: self.peer.as_ref(),
+            request: self.request,
+            resource: self.resource.as_ref(),
+            keys: &self.keys,
+        };
+        serde_json::to_writer(buf, &body).map_err(Error::RecordJson)
+    }
+}
+
+/// [`Record`]'s fields after `time`, borrowed, with the same names, order and omission
+/// rules: `line_prefix` + a body past its `{` is byte for byte the canonical line (a unit
+/// test compares the two for every optional field).
+#[derive(Serialize)]
+struct Body<'a> {
+    kind: Kind,
+    action: Action,
+    outcome: Outcome,
+    reason: Reason,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    org: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a Domain>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a ResourceUri>,
+    #[serde(skip_serializing_if = "<[KeyUri]>::is_empty")]
+    keys: &'a [KeyUri],
+}
+
+/// The start of a record's line up to and including the comma after `time`:
+/// `{"v":1,"seq":7,"time":"2026-05-01T10:00:00.123Z",`. `time` is the text of
+/// [`format_time`] (one per group: every record of a group has the same time).
+pub(crate) fn line_prefix(buf: &mut Vec<u8>, seq: u64, time: &str) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        buf,
+        "{{\"v\":{RECORD_VERSION},\"seq\":{seq},\"time\":\"{time}\","
+    );
+}
+
+/// A commit time as records spell it (RFC 3339, UTC, milliseconds); `None` outside years
+/// 0000–9999.
+pub(crate) fn format_time(ms: i64) -> Option<String> {
+    kinds::rfc3339_ms::format(ms)
 }
 
 /// Maps a client-chosen request ID to the UUID recorded: a UUID is kept as is; any other
@@ -206,7 +279,9 @@ pub struct Record {
 }
 
 impl Record {
-    /// Stamps an event with its log position and commit time.
+    /// Stamps an event with its log position and commit time (the committer assembles the
+    /// same bytes from [`line_prefix`] and [`Event::encode_body_into`]; tests compare).
+    #[cfg(test)]
     pub(crate) fn stamp(e: Event, seq: u64, time: i64) -> Record {
         Record {
             v: RECORD_VERSION,
@@ -232,11 +307,6 @@ impl Record {
     /// The canonical line (without the newline): the Merkle leaf.
     pub fn encode(&self) -> Result<Vec<u8>> {
         serde_json::to_vec(self).map_err(Error::RecordJson)
-    }
-
-    /// Appends the canonical line (without the newline) to `buf`.
-    pub(crate) fn encode_into(&self, buf: &mut Vec<u8>) -> Result<()> {
-        serde_json::to_writer(buf, self).map_err(Error::RecordJson)
     }
 
     /// Parses one line (without its newline) and checks version and canonical form.
@@ -310,6 +380,59 @@ mod tests {
             1,
         );
         assert!(Record::decode(reordered.as_bytes()).is_err());
+    }
+
+    /// The committer's assembly (prefix + the caller's body past `{`) is the canonical
+    /// line, with every optional field absent, present alone, and all present.
+    #[test]
+    fn prefix_and_body_assemble_the_canonical_line() {
+        let d: Domain = "kms.example.com".parse().unwrap();
+        let u = |n| Uuid::from_u128(n);
+        let base = || {
+            Event::new(
+                Kind::Admin,
+                Action::Create,
+                Outcome::Denied,
+                Reason::NotMember,
+            )
+        };
+        let full = base()
+            .status(403)
+            .user(u(1))
+            .org(u(2))
+            .client(u(3))
+            .machine(u(4))
+            .subject(u(5))
+            .peer("peer.example.org".parse().unwrap())
+            .request(u(6))
+            .resource(ResourceUri::new(&d, u(7)))
+            .keys([KeyUri::new(&d, u(8)), KeyUri::new(&d, u(9))]);
+        let events = [
+            base(),
+            base().status(200),
+            base().user(u(1)),
+            base().org(u(2)),
+            base().client(u(3)),
+            base().machine(u(4)),
+            base().subject(u(5)),
+            base().peer("peer.example.org".parse().unwrap()),
+            base().request(u(6)),
+            base().resource(ResourceUri::new(&d, u(7))),
+            base().key(KeyUri::new(&d, u(8))),
+            full,
+        ];
+        for ((seq, time), e) in (0..u64::MAX).rev().zip(1_777_629_600_123..).zip(events) {
+            let mut body = Vec::new();
+            e.encode_body_into(&mut body).unwrap();
+            let mut line = Vec::new();
+            line_prefix(&mut line, seq, &format_time(time).unwrap());
+            line.extend_from_slice(body.strip_prefix(b"{").unwrap());
+            let canonical = Record::stamp(e, seq, time).encode().unwrap();
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                String::from_utf8(canonical).unwrap()
+            );
+        }
     }
 
     #[test]

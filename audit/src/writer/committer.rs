@@ -4,17 +4,19 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use super::files::{Recovered, SegmentFile};
-use super::{Health, Job, LogConfig, Receipt, Shared, lock_poisoned};
+use super::{Health, Job, LogConfig, Receipts, Shared, lock_poisoned};
 use crate::checkpoint::{CheckpointSigner, LogKey, SignedCheckpoint};
 use crate::error::Error;
-use crate::record::Record;
+use crate::record;
 use crate::segment;
-use crate::tree::{Frontier, leaf_hash};
+use crate::tree::{Digest, Frontier, leaf_hash};
 
 /// How often an unhealthy log retries by itself.
 const RETRY: Duration = Duration::from_secs(1);
 /// Upper bound on bytes written by one group (bounds memory and latency).
 const MAX_GROUP_BYTES: usize = 8 << 20;
+/// Group buffers up to this size are kept for the next group.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
 
 pub(super) struct Committer {
     config: LogConfig,
@@ -34,6 +36,9 @@ pub(super) struct Committer {
     rate: f64,
     /// When the previous group was taken.
     last_group_at: Instant,
+    /// The group's lines and their leaf hashes, kept between groups.
+    buf: Vec<u8>,
+    leaves: Vec<Digest>,
 }
 
 /// Weight of the newest group in the smoothed arrival rate.
@@ -117,6 +122,8 @@ impl Committer {
             signing_ok: true,
             rate: 0.0,
             last_group_at: Instant::now(),
+            buf: Vec::new(),
+            leaves: Vec::new(),
         }
     }
 
@@ -254,43 +261,56 @@ impl Committer {
         };
         if !self.repair() {
             for job in group {
-                (job.reply)(Err(io_err(std::io::ErrorKind::Other)));
+                job.reply
+                    .send(Err(io_err(std::io::ErrorKind::Other)), job.bodies);
             }
             return;
         }
         let now = self.config.clock.now_ms().max(self.last_time);
+        let Some(time) = record::format_time(now) else {
+            tracing::error!(
+                now,
+                "audit log: the clock is outside years 0000-9999; records are refused"
+            );
+            for job in group {
+                let e = Error::InvalidField {
+                    field: "time",
+                    reason: "the clock is outside years 0000-9999",
+                };
+                job.reply.send(Err(e), job.bodies);
+            }
+            return;
+        };
+        // The group's lines and leaves go into buffers kept from group to group, so a
+        // busy log does not allocate (and free) tens of KiB per group.
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut leaves = std::mem::take(&mut self.leaves);
+        buf.clear();
+        leaves.clear();
         let mut seq = self.frontier.size();
-        let mut buf = Vec::with_capacity(256 * group.len());
-        let mut leaves = Vec::with_capacity(group.len());
         let mut accepted = Vec::with_capacity(group.len());
         let mut rest = group.into_iter();
         for job in rest.by_ref() {
-            let (mark, leaf_mark) = (buf.len(), leaves.len());
-            let mut receipts = Vec::with_capacity(job.events.len());
-            let mut failed = None;
-            for (k, event) in job.events.into_iter().enumerate() {
-                let s = seq + k as u64;
+            let first = seq;
+            for body in job
+                .bodies
+                .split(|b| *b == b'\n')
+                .take_while(|b| !b.is_empty())
+            {
                 let start = buf.len();
-                match Record::stamp(event, s, now).encode_into(&mut buf) {
-                    Ok(()) => {
-                        leaves.push(leaf_hash(buf.get(start..).unwrap_or_default()));
-                        buf.push(b'\n');
-                        receipts.push(Receipt { seq: s, time: now });
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
+                record::line_prefix(&mut buf, seq, &time);
+                buf.extend_from_slice(body.strip_prefix(b"{").unwrap_or(body));
+                leaves.push(leaf_hash(buf.get(start..).unwrap_or_default()));
+                buf.push(b'\n');
+                seq += 1;
             }
-            if let Some(e) = failed {
-                buf.truncate(mark);
-                leaves.truncate(leaf_mark);
-                (job.reply)(Err(e));
-                continue;
-            }
-            seq += receipts.len() as u64;
-            accepted.push((job.reply, receipts));
+            debug_assert_eq!(seq - first, job.count, "one body per record");
+            let receipts = Receipts {
+                first,
+                count: seq - first,
+                time: now,
+            };
+            accepted.push((job.reply, receipts, job.bodies));
             if buf.len() >= MAX_GROUP_BYTES {
                 break;
             }
@@ -298,24 +318,27 @@ impl Committer {
         // Jobs beyond the byte bound go in a following group.
         let rest: Vec<Job> = rest.collect();
         if buf.is_empty() {
-            for (reply, receipts) in accepted {
-                reply(Ok(receipts));
+            for (reply, receipts, bodies) in accepted {
+                reply.send(Ok(receipts), bodies);
             }
         } else {
             match self.seg.write_durable(&buf) {
                 Ok(()) => {
                     self.unsigned += leaves.len() as u64;
-                    for leaf in leaves {
-                        self.frontier.push(leaf);
+                    for leaf in &leaves {
+                        self.frontier.push(*leaf);
                     }
                     self.last_time = now;
                     self.seg.sealed = false;
-                    let size = self.frontier.size();
+                    let (size, reserve) = (self.frontier.size(), self.seg.reserve());
+                    // The reserve the write used up is reported with it, before anyone is
+                    // answered (`top_up` then extends it after the replies).
                     self.update_health(|h| {
                         h.writable = true;
                         h.last_error = None;
                         h.size = size;
                         h.flushes += 1;
+                        h.reserve_bytes = reserve;
                     });
                     // Mirror each durable record (exact line bytes) before acknowledging.
                     if let Some(sink) = &self.config.on_record {
@@ -323,17 +346,23 @@ impl Committer {
                             sink(line);
                         }
                     }
-                    for (reply, receipts) in accepted {
-                        reply(Ok(receipts));
+                    for (reply, receipts, bodies) in accepted {
+                        reply.send(Ok(receipts), bodies);
                     }
                 }
                 Err(e) => {
                     self.write_failed("append", &e);
-                    for (reply, _) in accepted {
-                        reply(Err(io_err(e.kind())));
+                    for (reply, _, bodies) in accepted {
+                        reply.send(Err(io_err(e.kind())), bodies);
                     }
                 }
             }
+        }
+        // Keep the buffers unless one group made them huge (the byte bound caps a group,
+        // so this only returns memory after a rare burst of very large records).
+        if buf.capacity() <= KEEP_BUFFER_BYTES {
+            self.buf = buf;
+            self.leaves = leaves;
         }
         if !rest.is_empty() {
             self.commit(rest);

@@ -75,7 +75,7 @@ pub fn write_log(dir: &Path, n: u64, tweak: impl FnOnce(&mut LogConfig)) {
     tweak(&mut c);
     let log = open(c);
     for i in 0..n {
-        assert_eq!(log.append(event(i)).unwrap().seq, i);
+        assert_eq!(log.append(&event(i)).unwrap().seq, i);
     }
     log.close().unwrap();
 }
@@ -117,7 +117,7 @@ pub fn assert_torn_tail_recovers(dir: &Path, records: u64, torn: u64) {
     let err = verify_dir(dir, &key(), &VerifyOptions::default().strict()).unwrap_err();
     assert_eq!(err.fault().unwrap().kind, FaultKind::TornLine);
     let log = open(config(dir));
-    assert_eq!(log.append(event(records)).unwrap().seq, records);
+    assert_eq!(log.append(&event(records)).unwrap().seq, records);
     log.close().unwrap();
     let v = verify_dir(dir, &key(), &VerifyOptions::default().strict()).unwrap();
     assert_eq!((v.records, v.torn_tail_bytes), (records + 1, 0));

@@ -37,7 +37,7 @@ fn child_writer() {
                     let mut e = event(i);
                     e.request = Some(Uuid::new_v4());
                     let req = e.request;
-                    let r = log.append(e).expect("append");
+                    let r = log.append(&e).expect("append");
                     let mut o = out.lock().unwrap();
                     writeln!(o, "ACK {} {} {t}", r.seq, req.unwrap()).unwrap();
                     o.flush().unwrap();

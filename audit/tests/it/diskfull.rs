@@ -31,11 +31,11 @@ fn injected_write_failures_refuse_then_recover_by_themselves() {
     c.fail = Some(Arc::clone(&switch));
     let log = open(c);
     for i in 0..5 {
-        log.append(event(i)).unwrap();
+        log.append(&event(i)).unwrap();
     }
     switch.set(true);
     for i in 5..8 {
-        let err = log.append(event(i)).unwrap_err();
+        let err = log.append(&event(i)).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
     }
     let h = log.health();
@@ -48,7 +48,7 @@ fn injected_write_failures_refuse_then_recover_by_themselves() {
     // No traffic: the committer retries once a second and proves the disk with a write.
     wait_for(|| log.health().writable, "health recovers without appends");
     assert_eq!(
-        log.append(event(5)).unwrap().seq,
+        log.append(&event(5)).unwrap().seq,
         5,
         "failed appends used no seq"
     );
@@ -96,7 +96,7 @@ fn a_full_tmpfs_refuses_then_recovers_when_space_returns() {
     let mut acked = Vec::new();
     let mut failures = Vec::new();
     for i in 0..100_000 {
-        match log.append(event(i)) {
+        match log.append(&event(i)) {
             Ok(r) => {
                 acked.push(r.seq);
                 failures.clear();
@@ -118,7 +118,7 @@ fn a_full_tmpfs_refuses_then_recovers_when_space_returns() {
 
     std::fs::remove_file(&ballast).unwrap();
     wait_for(|| log.health().writable, "recovery once space returns");
-    let r = log.append(event(1)).unwrap();
+    let r = log.append(&event(1)).unwrap();
     assert_eq!(r.seq, acked.len() as u64, "no gap, no duplicate");
     acked.push(r.seq);
     log.close().unwrap();

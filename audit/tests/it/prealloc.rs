@@ -32,7 +32,7 @@ fn a_live_segment_keeps_zeroed_space_ahead_and_a_closed_one_is_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(config(dir.path()));
     for i in 0..25 {
-        log.append(event(i)).unwrap();
+        log.append(&event(i)).unwrap();
     }
     let seg = segments(dir.path()).pop().unwrap();
     let bytes = std::fs::read(&seg).unwrap();
@@ -59,7 +59,7 @@ fn a_live_segment_keeps_zeroed_space_ahead_and_a_closed_one_is_trimmed() {
     let mut c = config(plain.path());
     c.preallocate = 0;
     let log = open(c);
-    log.append(event(0)).unwrap();
+    log.append(&event(0)).unwrap();
     let bytes = std::fs::read(segments(plain.path()).pop().unwrap()).unwrap();
     assert_eq!(data_len(&bytes), bytes.len());
     assert_eq!(log.health().reserve_bytes, 0);

@@ -88,7 +88,7 @@ fn a_written_log_holds_no_secret_and_only_schema_fields() {
         // Whatever a caller has at hand goes through the typed API only.
         let mut e = event(i).request(request_id(TOKEN));
         e = e.request(request_id(PLAINTEXT));
-        log.append(e).unwrap();
+        log.append(&e).unwrap();
     }
     log.close().unwrap();
 

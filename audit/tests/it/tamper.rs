@@ -230,7 +230,7 @@ fn an_older_prefix_presented_against_a_newer_checkpoint_is_a_rollback() {
     }
     let log = crate::common::open(crate::common::config(dir.path()));
     for i in 30..50 {
-        log.append(event(i)).unwrap();
+        log.append(&event(i)).unwrap();
     }
     let newer = log.close().unwrap().unwrap();
     verify_dir(
@@ -260,7 +260,7 @@ fn a_rewritten_history_signed_with_the_log_key_differs_from_the_exported_checkpo
     let forged = tempfile::tempdir().unwrap();
     let log = crate::common::open(crate::common::config(forged.path()));
     for i in 0..60 {
-        log.append(event(i + 1)).unwrap();
+        log.append(&event(i + 1)).unwrap();
     }
     log.close().unwrap();
     verify_dir(forged.path(), &key(), &VerifyOptions::default()).unwrap();
@@ -327,7 +327,7 @@ fn a_log_of_another_origin_is_rejected() {
         Arc::new(SoftwareSigner::from_bytes(&[7; 32]).unwrap()),
     )
     .unwrap();
-    log.append(event(0)).unwrap();
+    log.append(&event(0)).unwrap();
     log.close().unwrap();
     let f = fault(dir.path(), &VerifyOptions::default());
     assert_eq!(f.kind, FaultKind::WrongOrigin);

@@ -135,20 +135,16 @@ impl Kms {
         if !d.keys.is_empty() {
             e = e.keys(d.keys.iter().map(|k| KeyUri::new(&self.audit_domain, *k)));
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.audit.submit(
-            vec![e],
-            Box::new(move |res| {
-                let _ = tx.send(res);
-            }),
-        );
-        match rx.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => {
+        drop(d);
+        // Encoded and queued now; the event is freed here, before the request waits.
+        let durable = self.audit.append_async(std::slice::from_ref(&e));
+        drop(e);
+        match durable.await {
+            Ok(_) => Ok(()),
+            Err(e) => {
                 tracing::error!(error = %e, "audit record not written: refusing the request");
                 Err(KmsError::AuditUnavailable)
             }
-            Err(_) => Err(KmsError::AuditUnavailable),
         }
     }
 

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use uuid::Uuid;
-use zeroize::Zeroizing;
 
 use crate::auth::{Principal, TokenVerifier};
 use crate::clock::Clock;
@@ -287,7 +286,7 @@ impl Kms {
     }
 
     fn sealed(&self, channel: &Channel, response: &Response) -> String {
-        let body = Zeroizing::new(response.to_json());
+        let body = response.to_json_wiped();
         jose::jwe::encrypt_dir(&channel.key, &self.uris.channel(channel.id), &body)
     }
 
