@@ -86,9 +86,11 @@ async fn messages(State(kms): State<Arc<Kms>>, body: Bytes) -> Result<Response, 
             "kmsMessages must hold 1 to {MAX_MESSAGES} messages"
         )));
     }
+    // The request body is freed before any message waits for its audit record.
+    drop(body);
     let mut out = Vec::with_capacity(req.kms_messages.len());
-    for m in &req.kms_messages {
-        out.push(kms.handle(m).await);
+    for m in req.kms_messages {
+        out.push(kms.handle(&m).await);
     }
     Ok(axum::Json(MessagesOut { kms_messages: out }).into_response())
 }

@@ -1,10 +1,11 @@
 //! The committer thread: group commit, checkpoints, rotation, self-repair.
 
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::files::{Recovered, SegmentFile};
-use super::{Health, Job, LogConfig, Receipts, Shared, lock_poisoned};
+use super::queue::{Queue, Taken};
+use super::{Health, Job, LogConfig, Receipts, Reply, Shared, lock_poisoned};
 use crate::checkpoint::{CheckpointSigner, LogKey, SignedCheckpoint};
 use crate::error::Error;
 use crate::record;
@@ -39,7 +40,13 @@ pub(super) struct Committer {
     /// The group's lines and their leaf hashes, kept between groups.
     buf: Vec<u8>,
     leaves: Vec<Digest>,
+    /// The replies of the group being written, kept between groups.
+    replies: Vec<(Reply, Receipts, Vec<u8>)>,
 }
+
+/// Bytes a record's line adds to its body (`{"v":1,"seq":N,"time":"T",`), for the
+/// group's byte bound.
+const PREFIX_BYTES: usize = 64;
 
 /// Weight of the newest group in the smoothed arrival rate.
 const RATE_ALPHA: f64 = 0.25;
@@ -59,6 +66,33 @@ pub(super) fn lower_priority(steps: u8) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "audit committer: could not lower its CPU priority; under load each flush serves fewer records");
     }
+}
+
+/// How many of `jobs` (from the front) one write takes: at most `max_group` calls and
+/// about [`MAX_GROUP_BYTES`], and at least one.
+fn group_len(jobs: &[Job], max_group: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for job in jobs.iter().take(max_group.max(1)) {
+        n += 1;
+        let records = usize::try_from(job.count).unwrap_or(usize::MAX);
+        bytes = bytes
+            .saturating_add(job.bodies.len())
+            .saturating_add(records.saturating_mul(PREFIX_BYTES));
+        if bytes >= MAX_GROUP_BYTES {
+            break;
+        }
+    }
+    n
+}
+
+/// What a caller whose records could not be written is told.
+fn append_error(path: &std::path::Path, kind: std::io::ErrorKind) -> Error {
+    Error::io(
+        "append",
+        path,
+        std::io::Error::new(kind, "audit log write failed"),
+    )
 }
 
 /// The group-commit wait (see [`LogConfig::group_window`]) for a group of `n` calls
@@ -124,27 +158,30 @@ impl Committer {
             last_group_at: Instant::now(),
             buf: Vec::new(),
             leaves: Vec::new(),
+            replies: Vec::new(),
         }
     }
 
-    pub(super) fn run(mut self, rx: &mpsc::Receiver<Job>) -> Option<SignedCheckpoint> {
+    pub(super) fn run(mut self, queue: &Queue) -> Option<SignedCheckpoint> {
+        // Swapped with the queue's vector on every take: both keep their capacity.
+        let mut group = Vec::new();
         loop {
-            match rx.recv_timeout(self.timeout()) {
-                Ok(first) => {
-                    let mut group = vec![first];
-                    self.drain(rx, &mut group);
+            match queue.take(&mut group, self.timeout()) {
+                Taken::Jobs => {
                     if let Some(wait) = self.group_wait(group.len()) {
-                        // Sleep rather than wait on the channel: senders do not wake a
-                        // sleeping thread, so the whole group costs one wake-up.
+                        // Sleep rather than wait on the queue: callers wake only a
+                        // waiting committer, so the whole group costs one wake-up.
                         std::thread::sleep(wait);
-                        self.drain(rx, &mut group);
+                        queue.take_more(&mut group);
                     }
                     self.note_group(group.len());
-                    self.commit(group);
+                    while !group.is_empty() {
+                        self.commit(&mut group);
+                    }
                     self.top_up();
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => self.tick(),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Taken::Timeout => self.tick(),
+                Taken::Closed => break,
             }
             self.maybe_checkpoint();
             self.maybe_rotate();
@@ -168,16 +205,6 @@ impl Committer {
                 h.reserve_bytes = bytes;
                 h.reserve_short = short;
             });
-        }
-    }
-
-    /// Takes queued jobs without blocking, up to `max_group`.
-    fn drain(&self, rx: &mpsc::Receiver<Job>, group: &mut Vec<Job>) {
-        while group.len() < self.config.max_group {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
         }
     }
 
@@ -250,19 +277,15 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, group: Vec<Job>) {
-        let path = self.seg.path.clone();
-        let io_err = |kind: std::io::ErrorKind| {
-            Error::io(
-                "append",
-                path.clone(),
-                std::io::Error::new(kind, "audit log write failed"),
-            )
-        };
+    /// Writes the jobs at the front of `jobs` (one group, see [`group_len`]) with one
+    /// write and one flush, then answers them; they leave `jobs`.
+    fn commit(&mut self, jobs: &mut Vec<Job>) {
+        let n = group_len(jobs, self.config.max_group);
+        let group = jobs.drain(..n);
         if !self.repair() {
             for job in group {
-                job.reply
-                    .send(Err(io_err(std::io::ErrorKind::Other)), job.bodies);
+                let e = append_error(&self.seg.path, std::io::ErrorKind::Other);
+                job.reply.send(Err(e), job.bodies);
             }
             return;
         }
@@ -281,16 +304,15 @@ impl Committer {
             }
             return;
         };
-        // The group's lines and leaves go into buffers kept from group to group, so a
-        // busy log does not allocate (and free) tens of KiB per group.
+        // The group's lines, leaves and replies go into buffers kept from group to group,
+        // so a busy log does not allocate (and free) tens of KiB per group.
         let mut buf = std::mem::take(&mut self.buf);
         let mut leaves = std::mem::take(&mut self.leaves);
+        let mut replies = std::mem::take(&mut self.replies);
         buf.clear();
         leaves.clear();
         let mut seq = self.frontier.size();
-        let mut accepted = Vec::with_capacity(group.len());
-        let mut rest = group.into_iter();
-        for job in rest.by_ref() {
+        for job in group {
             let first = seq;
             for body in job
                 .bodies
@@ -310,15 +332,10 @@ impl Committer {
                 count: seq - first,
                 time: now,
             };
-            accepted.push((job.reply, receipts, job.bodies));
-            if buf.len() >= MAX_GROUP_BYTES {
-                break;
-            }
+            replies.push((job.reply, receipts, job.bodies));
         }
-        // Jobs beyond the byte bound go in a following group.
-        let rest: Vec<Job> = rest.collect();
         if buf.is_empty() {
-            for (reply, receipts, bodies) in accepted {
+            for (reply, receipts, bodies) in replies.drain(..) {
                 reply.send(Ok(receipts), bodies);
             }
         } else {
@@ -346,14 +363,14 @@ impl Committer {
                             sink(line);
                         }
                     }
-                    for (reply, receipts, bodies) in accepted {
+                    for (reply, receipts, bodies) in replies.drain(..) {
                         reply.send(Ok(receipts), bodies);
                     }
                 }
                 Err(e) => {
                     self.write_failed("append", &e);
-                    for (reply, _, bodies) in accepted {
-                        reply.send(Err(io_err(e.kind())), bodies);
+                    for (reply, _, bodies) in replies.drain(..) {
+                        reply.send(Err(append_error(&self.seg.path, e.kind())), bodies);
                     }
                 }
             }
@@ -363,9 +380,7 @@ impl Committer {
         if buf.capacity() <= KEEP_BUFFER_BYTES {
             self.buf = buf;
             self.leaves = leaves;
-        }
-        if !rest.is_empty() {
-            self.commit(rest);
+            self.replies = replies;
         }
     }
 
@@ -500,5 +515,36 @@ mod tests {
         assert_eq!(group_wait(MS, 32, 7_999.0, 1, busy), None);
         // After an idle second the earlier burst's rate does not count.
         assert_eq!(group_wait(MS, 32, 1e6, 1, Duration::from_secs(1)), None);
+    }
+
+    fn job(records: u64, body_bytes: usize) -> Job {
+        Job {
+            bodies: vec![b'x'; body_bytes],
+            count: records,
+            reply: Reply::Call(Box::new(|_| {})),
+        }
+    }
+
+    #[test]
+    fn a_group_holds_at_most_max_group_calls_and_about_its_byte_bound() {
+        let small: Vec<Job> = (0..10).map(|_| job(1, 300)).collect();
+        assert_eq!(
+            group_len(&small, 4096),
+            10,
+            "everything queued fits one group"
+        );
+        assert_eq!(
+            group_len(&small, 4),
+            4,
+            "max_group caps the calls per write"
+        );
+        assert_eq!(group_len(&small[..0], 4), 0);
+        // Calls of 3 MiB each: the third reaches the byte bound and ends the group.
+        let big: Vec<Job> = (0..5).map(|_| job(1, 3 << 20)).collect();
+        assert_eq!(group_len(&big, 4096), 3);
+        // One call larger than the bound still gets written (alone).
+        assert_eq!(group_len(&[job(1, 9 << 20), job(1, 10)], 4096), 1);
+        // The line prefixes count: 200,000 one-byte records are over 8 MiB with them.
+        assert_eq!(group_len(&[job(200_000, 400_000), job(1, 10)], 4096), 1);
     }
 }

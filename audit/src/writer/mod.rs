@@ -17,10 +17,13 @@
 
 mod committer;
 pub(crate) mod files;
+mod queue;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
+
+use queue::Queue;
 use std::time::Duration;
 
 use crate::checkpoint::{CheckpointSigner, LogKey, SignedCheckpoint};
@@ -270,7 +273,7 @@ pub(crate) struct Shared {
 
 /// The append-only audit log of one node. `Send + Sync`; share it with an `Arc`.
 pub struct AuditLog {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<Queue>,
     committer: Mutex<Option<std::thread::JoinHandle<Option<SignedCheckpoint>>>>,
     shared: Arc<Shared>,
     key: LogKey,
@@ -340,16 +343,17 @@ impl AuditLog {
         // accepting appends: a failure here is reported, not fatal.
         committer.checkpoint_if_unsigned();
         committer.top_up();
-        let (tx, rx) = mpsc::channel::<Job>();
+        let queue = Arc::new(Queue::new());
+        let jobs = Arc::clone(&queue);
         let handle = std::thread::Builder::new()
             .name("audit-committer".into())
             .spawn(move || {
                 committer::lower_priority(nice);
-                committer.run(&rx)
+                committer.run(&jobs)
             })
             .map_err(|e| Error::io("spawn committer", "audit-committer", e))?;
         Ok(AuditLog {
-            jobs: Mutex::new(Some(tx)),
+            queue,
             committer: Mutex::new(Some(handle)),
             shared,
             key,
@@ -421,18 +425,12 @@ impl AuditLog {
             return;
         }
         let count = events.len() as u64;
-        let guard = lock_poisoned(&self.jobs);
-        match guard.as_ref() {
-            Some(tx) => {
-                if let Err(mpsc::SendError(job)) = tx.send(Job {
-                    bodies,
-                    count,
-                    reply,
-                }) {
-                    job.reply.send(Err(Error::Closed), job.bodies);
-                }
-            }
-            None => reply.send(Err(Error::Closed), bodies),
+        if let Err(job) = self.queue.push(Job {
+            bodies,
+            count,
+            reply,
+        }) {
+            job.reply.send(Err(Error::Closed), job.bodies);
         }
     }
 
@@ -458,7 +456,7 @@ impl AuditLog {
     }
 
     fn shutdown(&self) -> Result<Option<SignedCheckpoint>> {
-        lock_poisoned(&self.jobs).take();
+        self.queue.close();
         let handle = lock_poisoned(&self.committer).take();
         match handle {
             Some(h) => h.join().map_err(|_| Error::Closed),

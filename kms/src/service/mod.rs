@@ -240,7 +240,10 @@ impl Kms {
                 .await;
         }
         let result = self.dispatch(&channel, &req, &mut d, fwd, applied).await;
-        let (answer, recorded) = self.answer(&channel, d, result, req.request_id).await;
+        let mut req = req;
+        let request_id = std::mem::take(&mut req.request_id);
+        drop(req);
+        let (answer, recorded) = self.answer(&channel, d, result, request_id).await;
         if !recorded {
             // Not audited: no receipt leaves (R16). Reconciliation settles the change.
             applied.take();
@@ -248,8 +251,12 @@ impl Kms {
         answer
     }
 
-    /// Records the decision, then seals the answer on the channel; if the record cannot be
-    /// written the answer is a 503 refusal instead (fail closed) and the flag is false.
+    /// Seals the answer on the channel and records the decision; the answer leaves only once
+    /// the record is durable. If the record cannot be written the sealed answer is dropped
+    /// unsent and the answer is a 503 refusal instead (fail closed), and the flag is false.
+    ///
+    /// The answer is sealed before the wait so that the request holds one buffer, not its
+    /// whole response, while hundreds of others wait with it (ADR 0016).
     async fn answer(
         &self,
         channel: &Channel,
@@ -267,12 +274,18 @@ impl Kms {
                 audit::reason_of(&e),
             ),
         };
-        match self.record(d, response.status, reason).await {
-            Ok(()) => (self.sealed(channel, &response), true),
-            Err(e) => (
-                self.sealed(channel, &self.error_response(request_id, &e)),
-                false,
-            ),
+        let status = response.status;
+        let sealed = self.sealed(channel, &response);
+        drop(response);
+        match self.record(d, status, reason).await {
+            Ok(()) => (sealed, true),
+            Err(e) => {
+                drop(sealed);
+                (
+                    self.sealed(channel, &self.error_response(request_id, &e)),
+                    false,
+                )
+            }
         }
     }
 
