@@ -35,6 +35,10 @@ struct RawAudit {
     group_commit_window_us: u32,
     #[serde(default = "default_committer_nice")]
     committer_nice: u8,
+    #[serde(default = "default_checkpoint_every")]
+    checkpoint_every: u32,
+    #[serde(default = "default_checkpoint_interval_seconds")]
+    checkpoint_interval_seconds: u32,
 }
 
 /// Default audit group-commit window (docs/benchmarks.md, "The cost of auditing").
@@ -48,40 +52,103 @@ fn default_committer_nice() -> u8 {
     strongroom_audit::DEFAULT_COMMITTER_NICE
 }
 
-/// How the audit writer trades latency for fewer flushes under load (`[audit]`, R16;
-/// ADRs 0012 and 0014).
+/// Default `[audit] checkpoint_every`.
+pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10_000;
+
+/// Default `[audit] checkpoint_interval_seconds`.
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECONDS: u32 = 1;
+
+/// Most records between two checkpoints `[audit]` accepts.
+pub const MAX_CHECKPOINT_EVERY: u32 = 1_000_000;
+
+/// Longest interval between two checkpoints `[audit]` accepts, in seconds.
+pub const MAX_CHECKPOINT_INTERVAL_SECONDS: u32 = 3600;
+
+fn default_checkpoint_every() -> u32 {
+    DEFAULT_CHECKPOINT_EVERY
+}
+
+fn default_checkpoint_interval_seconds() -> u32 {
+    DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+}
+
+/// How the audit writer trades latency for fewer flushes under load, and how often it
+/// signs a checkpoint (`[audit]`, R16; ADRs 0012, 0014 and 0017).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditTuning {
     /// Longest wait for more records before a flush under load.
     pub group_window: std::time::Duration,
     /// Nice steps the committer thread runs below the request workers (0–19).
     pub committer_nice: u8,
+    /// Sign a checkpoint after this many records...
+    pub checkpoint_every: u64,
+    /// ... or once this long has passed since the previous one.
+    pub checkpoint_interval: std::time::Duration,
+}
+
+/// The `[audit]` values as written, before their ranges are checked.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditSettings {
+    pub group_commit_window_us: u32,
+    pub committer_nice: u8,
+    pub checkpoint_every: u32,
+    pub checkpoint_interval_seconds: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            group_commit_window_us: DEFAULT_GROUP_COMMIT_WINDOW_US,
+            committer_nice: strongroom_audit::DEFAULT_COMMITTER_NICE,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_interval_seconds: DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+        }
+    }
 }
 
 impl AuditTuning {
     /// Checks the ranges `[audit]` and `strongroom dev` accept.
-    pub fn new(group_commit_window_us: u32, committer_nice: u8) -> anyhow::Result<Self> {
-        if group_commit_window_us > 100_000 {
+    pub fn new(s: AuditSettings) -> anyhow::Result<Self> {
+        if s.group_commit_window_us > 100_000 {
             bail!("audit.group_commit_window_us must be between 0 and 100000");
         }
-        if committer_nice > 19 {
+        if s.committer_nice > 19 {
             bail!("audit.committer_nice must be between 0 and 19");
         }
-        Ok(AuditTuning {
-            group_window: std::time::Duration::from_micros(u64::from(group_commit_window_us)),
-            committer_nice,
-        })
+        if !(1..=MAX_CHECKPOINT_EVERY).contains(&s.checkpoint_every) {
+            bail!("audit.checkpoint_every must be between 1 and {MAX_CHECKPOINT_EVERY}");
+        }
+        if !(1..=MAX_CHECKPOINT_INTERVAL_SECONDS).contains(&s.checkpoint_interval_seconds) {
+            bail!(
+                "audit.checkpoint_interval_seconds must be between 1 and {MAX_CHECKPOINT_INTERVAL_SECONDS}"
+            );
+        }
+        Ok(Self::unchecked(s))
+    }
+
+    fn unchecked(s: AuditSettings) -> Self {
+        AuditTuning {
+            group_window: std::time::Duration::from_micros(u64::from(s.group_commit_window_us)),
+            committer_nice: s.committer_nice,
+            checkpoint_every: u64::from(s.checkpoint_every),
+            checkpoint_interval: std::time::Duration::from_secs(u64::from(
+                s.checkpoint_interval_seconds,
+            )),
+        }
+    }
+
+    /// Applies these settings to the writer's configuration.
+    pub fn apply(&self, cfg: &mut strongroom_audit::LogConfig) {
+        cfg.group_window = self.group_window;
+        cfg.committer_nice = self.committer_nice;
+        cfg.checkpoint_every = self.checkpoint_every;
+        cfg.checkpoint_interval = self.checkpoint_interval;
     }
 }
 
 impl Default for AuditTuning {
     fn default() -> Self {
-        AuditTuning {
-            group_window: std::time::Duration::from_micros(u64::from(
-                DEFAULT_GROUP_COMMIT_WINDOW_US,
-            )),
-            committer_nice: strongroom_audit::DEFAULT_COMMITTER_NICE,
-        }
+        Self::unchecked(AuditSettings::default())
     }
 }
 
@@ -261,7 +328,12 @@ impl TryFrom<RawConfig> for Config {
             }
         };
         let audit = match &raw.audit {
-            Some(a) => AuditTuning::new(a.group_commit_window_us, a.committer_nice)?,
+            Some(a) => AuditTuning::new(AuditSettings {
+                group_commit_window_us: a.group_commit_window_us,
+                committer_nice: a.committer_nice,
+                checkpoint_every: a.checkpoint_every,
+                checkpoint_interval_seconds: a.checkpoint_interval_seconds,
+            })?,
             None => AuditTuning::default(),
         };
         let static_certificate = raw
@@ -417,9 +489,17 @@ listen = "127.0.0.1:9464"
 # The writer's thread runs committer_nice steps (0-19) below the request workers, so under
 # CPU load it flushes after them and each flush serves more records; on an idle machine it
 # runs at once. 0 runs it at the workers' priority (docs/adr/0014-audit-committer-priority.md).
+# A checkpoint (the signed head of the log's Merkle tree, also sent to the journal) is
+# signed by the HSM after checkpoint_every records (1-1000000) or checkpoint_interval_seconds
+# (1-3600) after the previous one, whichever comes first: no record stays unsigned longer.
+# Records after the newest checkpoint kept off the box are the ones a root user could
+# still cut off unseen; each checkpoint costs one HSM signature and one flush
+# (docs/adr/0017-audit-checkpoint-cadence.md).
 [audit]
 group_commit_window_us = 0
 committer_nice = 10
+checkpoint_every = 10000
+checkpoint_interval_seconds = 1
 
 # The hosted core this realm dials out to (no inbound port is needed). Only the roots in
 # pinned_roots are trusted, each must have pathLenConstraint 0, and chains with an
@@ -490,8 +570,58 @@ mod tests {
         assert!(e.contains("audit.committer_nice"), "{e}");
         let zero = EXAMPLE.replace("committer_nice = 10", "committer_nice = 0");
         assert_eq!(Config::parse(&zero).unwrap().audit.committer_nice, 0);
+        for (from, to, field) in [
+            (
+                "checkpoint_every = 10000",
+                "checkpoint_every = 0",
+                "audit.checkpoint_every",
+            ),
+            (
+                "checkpoint_every = 10000",
+                "checkpoint_every = 1000001",
+                "audit.checkpoint_every",
+            ),
+            (
+                "checkpoint_interval_seconds = 1",
+                "checkpoint_interval_seconds = 0",
+                "audit.checkpoint_interval_seconds",
+            ),
+            (
+                "checkpoint_interval_seconds = 1",
+                "checkpoint_interval_seconds = 3601",
+                "audit.checkpoint_interval_seconds",
+            ),
+        ] {
+            let bad = EXAMPLE.replace(from, to);
+            assert_ne!(bad, EXAMPLE);
+            let e = Config::parse(&bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{to}: {e}");
+        }
+        let tuned = EXAMPLE
+            .replace("checkpoint_every = 10000", "checkpoint_every = 50000")
+            .replace(
+                "checkpoint_interval_seconds = 1",
+                "checkpoint_interval_seconds = 60",
+            );
+        let t = Config::parse(&tuned).unwrap().audit;
+        assert_eq!(t.checkpoint_every, 50_000);
+        assert_eq!(t.checkpoint_interval, std::time::Duration::from_mins(1));
+        // The writer gets every setting.
+        let mut cfg = strongroom_audit::LogConfig::new("/nonexistent", "o");
+        t.apply(&mut cfg);
+        assert_eq!(cfg.checkpoint_every, 50_000);
+        assert_eq!(cfg.checkpoint_interval, std::time::Duration::from_mins(1));
+        assert_eq!(cfg.committer_nice, t.committer_nice);
+        assert_eq!(cfg.group_window, t.group_window);
+        // The defaults here are the writer's own.
+        let d = AuditTuning::default();
+        let w = strongroom_audit::LogConfig::new("/nonexistent", "o");
+        assert_eq!(d.checkpoint_every, w.checkpoint_every);
+        assert_eq!(d.checkpoint_interval, w.checkpoint_interval);
+        assert_eq!(d.committer_nice, w.committer_nice);
+        assert_eq!(d.group_window, w.group_window);
         let absent = EXAMPLE.replace(
-            "[audit]\ngroup_commit_window_us = 0\ncommitter_nice = 10\n",
+            "[audit]\ngroup_commit_window_us = 0\ncommitter_nice = 10\ncheckpoint_every = 10000\ncheckpoint_interval_seconds = 1\n",
             "",
         );
         assert_ne!(absent, EXAMPLE);

@@ -60,6 +60,15 @@ pub struct DevArgs {
     #[arg(long, default_value_t = strongroom_audit::DEFAULT_COMMITTER_NICE,
           value_parser = clap::value_parser!(u8).range(0..=19))]
     pub audit_committer_nice: u8,
+    /// Sign an audit checkpoint after this many records (as `[audit] checkpoint_every`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_CHECKPOINT_EVERY,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_CHECKPOINT_EVERY)))]
+    pub audit_checkpoint_every: u32,
+    /// ... or this many seconds after the previous one, so that no record stays unsigned
+    /// longer (as `[audit] checkpoint_interval_seconds`).
+    #[arg(long, default_value_t = crate::config::DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_CHECKPOINT_INTERVAL_SECONDS)))]
+    pub audit_checkpoint_interval_seconds: u32,
     /// The core-sim binary to start (default: `core-sim` next to this executable).
     #[arg(long, conflicts_with = "no_core")]
     pub core_sim: Option<PathBuf>,
@@ -141,6 +150,10 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
             .arg(args.audit_group_commit_window_us.to_string())
             .arg("--audit-committer-nice")
             .arg(args.audit_committer_nice.to_string())
+            .arg("--audit-checkpoint-every")
+            .arg(args.audit_checkpoint_every.to_string())
+            .arg("--audit-checkpoint-interval-seconds")
+            .arg(args.audit_checkpoint_interval_seconds.to_string())
             .env("SOFTHSM2_CONF", &conf);
         if let Some(m) = &args.module {
             cmd.arg("--module").arg(m);
@@ -225,10 +238,12 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
         issuers,
         x5c,
         channel_ttl_seconds: args.channel_ttl_seconds,
-        audit: crate::config::AuditTuning::new(
-            args.audit_group_commit_window_us,
-            args.audit_committer_nice,
-        )?,
+        audit: crate::config::AuditTuning::new(crate::config::AuditSettings {
+            group_commit_window_us: args.audit_group_commit_window_us,
+            committer_nice: args.audit_committer_nice,
+            checkpoint_every: args.audit_checkpoint_every,
+            checkpoint_interval_seconds: args.audit_checkpoint_interval_seconds,
+        })?,
     })
     .await?;
 

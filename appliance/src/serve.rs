@@ -75,8 +75,7 @@ pub fn open_audit(
         tracing::info!(target: "strongroom::audit::checkpoint", size = cp.size(), note = %cp.note(), "audit checkpoint");
     }));
     cfg.on_record = crate::journal::audit_mirror();
-    cfg.group_window = tuning.group_window;
-    cfg.committer_nice = tuning.committer_nice;
+    tuning.apply(&mut cfg);
     let signer = Arc::new(
         strongroom_audit::HsmSigner::new(hsm.clone()).context("audit signing key in the HSM")?,
     );

@@ -91,6 +91,6 @@ pub use verify::{Fault, FaultKind, Verified, VerifyOptions, verify_dir};
 #[cfg(feature = "testing")]
 pub use writer::FailSwitch;
 pub use writer::{
-    AuditLog, CheckpointSink, Clock, DEFAULT_COMMITTER_NICE, Health, LogConfig, Receipt, Receipts,
-    RecordSink, SystemClock,
+    AuditLog, CheckpointSink, Clock, DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_COMMITTER_NICE, Health, LogConfig, Receipt, Receipts, RecordSink, SystemClock,
 };

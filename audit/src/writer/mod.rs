@@ -68,6 +68,13 @@ pub type RecordSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 /// concurrent clients (docs/benchmarks.md, "The cost of auditing"; ADR 0014).
 pub const DEFAULT_COMMITTER_NICE: u8 = 10;
 
+/// Default [`LogConfig::checkpoint_every`] (ADR 0017).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 10_000;
+
+/// Default [`LogConfig::checkpoint_interval`]: no record stays unsigned longer than this
+/// (ADR 0017).
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Writer configuration. [`LogConfig::new`] gives the defaults.
 #[non_exhaustive]
 pub struct LogConfig {
@@ -75,9 +82,10 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// Checkpoint origin and note key name, e.g. `kms.example.com/audit`.
     pub origin: String,
-    /// Sign a checkpoint after this many records (default 1000).
+    /// Sign a checkpoint after this many records (default [`DEFAULT_CHECKPOINT_EVERY`]).
     pub checkpoint_every: u64,
-    /// ... or when this much time passed with unsigned records (default 10 s).
+    /// ... or once this long has passed since the previous checkpoint, so that no record
+    /// stays unsigned longer (default [`DEFAULT_CHECKPOINT_INTERVAL`]).
     pub checkpoint_interval: Duration,
     /// Start a new segment once the current one is this large (default 64 MiB).
     pub segment_max_bytes: u64,
@@ -134,8 +142,8 @@ impl LogConfig {
         LogConfig {
             dir: dir.into(),
             origin: origin.to_owned(),
-            checkpoint_every: 1000,
-            checkpoint_interval: Duration::from_secs(10),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             segment_max_bytes: 64 << 20,
             max_group: 4096,
             group_window: Duration::ZERO,

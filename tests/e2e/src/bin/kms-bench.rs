@@ -6,6 +6,10 @@
 //! that rate; ECDHE handshakes/s (static key in SoftHSM2); durable key creations/s; RSS of
 //! the server with N stored keys; and the in-process cost of the cryptography alone per
 //! retrieve, so the overhead ratio is known.
+//!
+//! `--retrieve-only` runs the full-load retrieve phase alone; `--dev-arg X` (repeatable)
+//! passes X to `strongroom dev`, e.g. `--dev-arg --audit-checkpoint-every --dev-arg 100000`,
+//! so that two settings can be alternated run by run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +25,10 @@ struct Args {
     concurrency: usize,
     keys: u64,
     rsa_bits: String,
+    /// Extra `strongroom dev` arguments (`--dev-arg`, repeatable), e.g. audit tuning.
+    extra_dev: Vec<String>,
+    /// Only the full-load retrieve phase (`--retrieve-only`), for A/B runs.
+    retrieve_only: bool,
 }
 
 fn args() -> Args {
@@ -29,11 +37,18 @@ fn args() -> Args {
         concurrency: 32,
         keys: 1_000_000,
         rsa_bits: "3072".into(),
+        extra_dev: Vec::new(),
+        retrieve_only: false,
     };
-    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut v: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = v.iter().position(|x| x == "--retrieve-only") {
+        a.retrieve_only = true;
+        v.remove(at);
+    }
     let mut i = 0;
     while i + 1 < v.len() {
         match v[i].as_str() {
+            "--dev-arg" => a.extra_dev.push(v[i + 1].clone()),
             "--seconds" => a.seconds = v[i + 1].parse().unwrap_or(a.seconds),
             "--concurrency" => a.concurrency = v[i + 1].parse().unwrap_or(a.concurrency),
             "--keys" => a.keys = v[i + 1].parse().unwrap_or(a.keys),
@@ -176,20 +191,13 @@ fn crypto_only_us() -> f64 {
     t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
-    let a = args();
-    let crypto_us = crypto_only_us();
-    println!("crypto only, per retrieve (client+server JWE both ways + unseal): {crypto_us:.2} µs");
-
-    let state = tempfile::tempdir()?;
-    let server = DevServer::start(Some(state.path()), &["--rsa-bits", &a.rsa_bits])?;
-    println!("static RSA key: {} bits (SoftHSM2)", a.rsa_bits);
-    let info = server.info.clone();
-    let http = strongroom_e2e::http_client();
-
-    // Handshakes/s (RSA-OAEP decrypt + PS256 sign in SoftHSM2, channel stored durably).
-    let user = Uuid::new_v4();
+/// ECDHE handshakes/s: RSA-OAEP decrypt + PS256 sign in SoftHSM2, channel stored durably.
+async fn handshakes(
+    http: &reqwest::Client,
+    info: &DevInfo,
+    user: Uuid,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let hs_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -220,7 +228,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(a.seconds.min(10))).await;
+    tokio::time::sleep(Duration::from_secs(seconds.min(10))).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await??;
@@ -230,6 +238,30 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ECDHE handshakes/s (8 concurrent clients; RSA-OAEP decrypt + PS256 sign in SoftHSM2, channel stored durably): {hs:.0}"
     );
+
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let a = args();
+    let crypto_us = crypto_only_us();
+    println!("crypto only, per retrieve (client+server JWE both ways + unseal): {crypto_us:.2} µs");
+
+    let state = tempfile::tempdir()?;
+    let mut dev: Vec<&str> = vec!["--rsa-bits", &a.rsa_bits];
+    dev.extend(a.extra_dev.iter().map(String::as_str));
+    let server = DevServer::start(Some(state.path()), &dev)?;
+    println!(
+        "static RSA key: {} bits (SoftHSM2); dev arguments {dev:?}",
+        a.rsa_bits
+    );
+    let info = server.info.clone();
+    let http = strongroom_e2e::http_client();
+    let user = Uuid::new_v4();
+    if !a.retrieve_only {
+        handshakes(&http, &info, user, a.seconds).await?;
+    }
 
     // Sessions for the retrieve load.
     let mut sessions = Vec::new();
@@ -265,20 +297,24 @@ async fn main() -> anyhow::Result<()> {
     #[allow(clippy::cast_precision_loss)]
     let per_flush = (audit1.0 - audit0.0) as f64 / (audit1.1 - audit0.1).max(1) as f64;
     println!("audit records per flush at full load: {per_flush:.1}");
+    #[allow(clippy::cast_precision_loss)]
+    let mean_us = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0;
+    #[allow(clippy::cast_precision_loss)]
+    let server_us = (cpu1 - cpu0) * 1e6 / (rps * a.seconds as f64);
+    println!(
+        "overhead: server CPU per retrieve {server_us:.1} µs (measured from /proc) vs crypto alone {crypto_us:.1} µs -> ratio {:.1}x; mean client latency {mean_us:.0} µs",
+        server_us / crypto_us
+    );
+    if a.retrieve_only {
+        server.stop()?;
+        return Ok(());
+    }
     let (rps_half, lat_half) =
         retrieve_load(&sessions, &key_uri, a.seconds, Some(rps / 2.0)).await?;
     println!(
         "retrieves/s at half that rate: {rps_half:.0}  p50 {:.2} ms  p99 {:.2} ms",
         pct(&lat_half, 0.50),
         pct(&lat_half, 0.99)
-    );
-    #[allow(clippy::cast_precision_loss)]
-    let mean_us = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0;
-    #[allow(clippy::cast_precision_loss)]
-    let server_us = (cpu1 - cpu0) * 1e6 / (rps * a.seconds as f64);
-    println!(
-        "overhead: server CPU per retrieve {server_us:.0} µs (measured from /proc) vs crypto alone {crypto_us:.1} µs -> ratio {:.1}x; mean client latency {mean_us:.0} µs",
-        server_us / crypto_us
     );
 
     // Durable key creations/s: count=1 per request, every client concurrently (group commit).

@@ -28,8 +28,19 @@ fn audit(args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_show_export_and_tamper_detection() {
     let state = tempfile::tempdir().unwrap();
-    let server =
-        DevServer::start(Some(state.path()), &["--rsa-bits", "2048", "--no-core"]).unwrap();
+    // A checkpoint after every record (ADR 0017), so the cadence setting is seen to reach
+    // the writer: the default signs these four records, written within a second, once.
+    let server = DevServer::start(
+        Some(state.path()),
+        &[
+            "--rsa-bits",
+            "2048",
+            "--no-core",
+            "--audit-checkpoint-every",
+            "1",
+        ],
+    )
+    .unwrap();
     let http = strongroom_e2e::http_client();
     // alice's key, and eve refused it (403).
     let GrantAndDenial {
@@ -48,6 +59,11 @@ async fn verify_show_export_and_tamper_detection() {
     let (code, out) = audit(&["verify", "--state", s, "--key", k]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("intact: 4 records"), "{out}");
+    let (code, out) = audit(&["verify", "--state", s, "--key", k, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // One at open (size 0), then one per record.
+    assert!(v["checkpoints"].as_u64().unwrap() >= 5, "{out}");
 
     let (code, out) = audit(&["show", "--state", s, "--key", k, "--outcome", "denied"]);
     assert_eq!(code, 0, "{out}");
