@@ -25,52 +25,24 @@ struct RawConfig {
     #[serde(default)]
     metrics: Option<RawMetrics>,
     #[serde(default)]
-    audit: Option<RawAudit>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    #[serde(default = "default_group_commit_window_us")]
-    group_commit_window_us: u32,
-    #[serde(default = "default_committer_nice")]
-    committer_nice: u8,
-    #[serde(default = "default_checkpoint_every")]
-    checkpoint_every: u32,
-    #[serde(default = "default_checkpoint_interval_seconds")]
-    checkpoint_interval_seconds: u32,
+    audit: AuditSettings,
 }
 
 /// Default audit group-commit window (docs/benchmarks.md, "The cost of auditing").
 pub const DEFAULT_GROUP_COMMIT_WINDOW_US: u32 = 0;
 
-fn default_group_commit_window_us() -> u32 {
-    DEFAULT_GROUP_COMMIT_WINDOW_US
-}
+/// Default `[audit] checkpoint_every`: the writer's own (ADR 0017).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = strongroom_audit::DEFAULT_CHECKPOINT_EVERY;
 
-fn default_committer_nice() -> u8 {
-    strongroom_audit::DEFAULT_COMMITTER_NICE
-}
-
-/// Default `[audit] checkpoint_every`.
-pub const DEFAULT_CHECKPOINT_EVERY: u32 = 10_000;
-
-/// Default `[audit] checkpoint_interval_seconds`.
-pub const DEFAULT_CHECKPOINT_INTERVAL_SECONDS: u32 = 1;
+/// Default `[audit] checkpoint_interval_seconds`: the writer's own (ADR 0017).
+pub const DEFAULT_CHECKPOINT_INTERVAL_SECONDS: u64 =
+    strongroom_audit::DEFAULT_CHECKPOINT_INTERVAL.as_secs();
 
 /// Most records between two checkpoints `[audit]` accepts.
-pub const MAX_CHECKPOINT_EVERY: u32 = 1_000_000;
+pub const MAX_CHECKPOINT_EVERY: u64 = 1_000_000;
 
 /// Longest interval between two checkpoints `[audit]` accepts, in seconds.
-pub const MAX_CHECKPOINT_INTERVAL_SECONDS: u32 = 3600;
-
-fn default_checkpoint_every() -> u32 {
-    DEFAULT_CHECKPOINT_EVERY
-}
-
-fn default_checkpoint_interval_seconds() -> u32 {
-    DEFAULT_CHECKPOINT_INTERVAL_SECONDS
-}
+pub const MAX_CHECKPOINT_INTERVAL_SECONDS: u64 = 3600;
 
 /// How the audit writer trades latency for fewer flushes under load, and how often it
 /// signs a checkpoint (`[audit]`, R16; ADRs 0012, 0014 and 0017).
@@ -86,13 +58,15 @@ pub struct AuditTuning {
     pub checkpoint_interval: std::time::Duration,
 }
 
-/// The `[audit]` values as written, before their ranges are checked.
-#[derive(Debug, Clone, Copy)]
+/// The `[audit]` values as written (absent ones take their defaults), before their ranges
+/// are checked.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
     pub group_commit_window_us: u32,
     pub committer_nice: u8,
-    pub checkpoint_every: u32,
-    pub checkpoint_interval_seconds: u32,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval_seconds: u64,
 }
 
 impl Default for AuditSettings {
@@ -123,18 +97,12 @@ impl AuditTuning {
                 "audit.checkpoint_interval_seconds must be between 1 and {MAX_CHECKPOINT_INTERVAL_SECONDS}"
             );
         }
-        Ok(Self::unchecked(s))
-    }
-
-    fn unchecked(s: AuditSettings) -> Self {
-        AuditTuning {
+        Ok(AuditTuning {
             group_window: std::time::Duration::from_micros(u64::from(s.group_commit_window_us)),
             committer_nice: s.committer_nice,
-            checkpoint_every: u64::from(s.checkpoint_every),
-            checkpoint_interval: std::time::Duration::from_secs(u64::from(
-                s.checkpoint_interval_seconds,
-            )),
-        }
+            checkpoint_every: s.checkpoint_every,
+            checkpoint_interval: std::time::Duration::from_secs(s.checkpoint_interval_seconds),
+        })
     }
 
     /// Applies these settings to the writer's configuration.
@@ -143,12 +111,6 @@ impl AuditTuning {
         cfg.committer_nice = self.committer_nice;
         cfg.checkpoint_every = self.checkpoint_every;
         cfg.checkpoint_interval = self.checkpoint_interval;
-    }
-}
-
-impl Default for AuditTuning {
-    fn default() -> Self {
-        Self::unchecked(AuditSettings::default())
     }
 }
 
@@ -327,15 +289,7 @@ impl TryFrom<RawConfig> for Config {
                 })
             }
         };
-        let audit = match &raw.audit {
-            Some(a) => AuditTuning::new(AuditSettings {
-                group_commit_window_us: a.group_commit_window_us,
-                committer_nice: a.committer_nice,
-                checkpoint_every: a.checkpoint_every,
-                checkpoint_interval_seconds: a.checkpoint_interval_seconds,
-            })?,
-            None => AuditTuning::default(),
-        };
+        let audit = AuditTuning::new(raw.audit)?;
         let static_certificate = raw
             .kms
             .static_certificate
@@ -548,7 +502,7 @@ mod tests {
     #[test]
     fn the_audit_tuning_is_bounded_and_defaults_when_absent() {
         let c = Config::parse(EXAMPLE).unwrap();
-        assert_eq!(c.audit, AuditTuning::default());
+        assert_eq!(c.audit, AuditTuning::new(AuditSettings::default()).unwrap());
         assert!(c.audit.group_window.is_zero());
         let on = EXAMPLE.replace(
             "group_commit_window_us = 0",
@@ -614,7 +568,7 @@ mod tests {
         assert_eq!(cfg.committer_nice, t.committer_nice);
         assert_eq!(cfg.group_window, t.group_window);
         // The defaults here are the writer's own.
-        let d = AuditTuning::default();
+        let d = AuditTuning::new(AuditSettings::default()).unwrap();
         let w = strongroom_audit::LogConfig::new("/nonexistent", "o");
         assert_eq!(d.checkpoint_every, w.checkpoint_every);
         assert_eq!(d.checkpoint_interval, w.checkpoint_interval);
@@ -627,8 +581,26 @@ mod tests {
         assert_ne!(absent, EXAMPLE);
         assert_eq!(
             Config::parse(&absent).unwrap().audit,
-            AuditTuning::default()
+            AuditTuning::new(AuditSettings::default()).unwrap()
         );
+        // Keys left out of `[audit]` take their defaults; unknown ones are refused.
+        let partial = EXAMPLE.replace(
+            "group_commit_window_us = 0\ncommitter_nice = 10\ncheckpoint_every = 10000\n",
+            "",
+        );
+        assert_ne!(partial, EXAMPLE);
+        let p = Config::parse(&partial.replace(
+            "checkpoint_interval_seconds = 1",
+            "checkpoint_interval_seconds = 5",
+        ))
+        .unwrap()
+        .audit;
+        assert_eq!(p.checkpoint_interval, std::time::Duration::from_secs(5));
+        assert_eq!(p.checkpoint_every, DEFAULT_CHECKPOINT_EVERY);
+        assert_eq!(p.committer_nice, strongroom_audit::DEFAULT_COMMITTER_NICE);
+        let e = Config::parse(&EXAMPLE.replace("committer_nice = 10", "committer_nicety = 10"))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("committer_nicety"), "{e:#}");
     }
 
     #[test]

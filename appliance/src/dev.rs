@@ -62,13 +62,13 @@ pub struct DevArgs {
     pub audit_committer_nice: u8,
     /// Sign an audit checkpoint after this many records (as `[audit] checkpoint_every`).
     #[arg(long, default_value_t = crate::config::DEFAULT_CHECKPOINT_EVERY,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_CHECKPOINT_EVERY)))]
-    pub audit_checkpoint_every: u32,
+          value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_CHECKPOINT_EVERY))]
+    pub audit_checkpoint_every: u64,
     /// ... or this many seconds after the previous one, so that no record stays unsigned
     /// longer (as `[audit] checkpoint_interval_seconds`).
     #[arg(long, default_value_t = crate::config::DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_CHECKPOINT_INTERVAL_SECONDS)))]
-    pub audit_checkpoint_interval_seconds: u32,
+          value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_CHECKPOINT_INTERVAL_SECONDS))]
+    pub audit_checkpoint_interval_seconds: u64,
     /// The core-sim binary to start (default: `core-sim` next to this executable).
     #[arg(long, conflicts_with = "no_core")]
     pub core_sim: Option<PathBuf>,

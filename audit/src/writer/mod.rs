@@ -22,9 +22,9 @@ mod queue;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use queue::Queue;
-use std::time::Duration;
 
 use crate::checkpoint::{CheckpointSigner, LogKey, SignedCheckpoint};
 use crate::error::{Error, Result};
