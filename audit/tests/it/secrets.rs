@@ -98,13 +98,7 @@ fn a_written_log_holds_no_secret_and_only_schema_fields() {
     }
     let text = String::from_utf8_lossy(&all);
     let b64 = base64::engine::general_purpose::STANDARD.encode(KEY);
-    let needles = [
-        hex(&KEY),
-        b64,
-        TOKEN.to_owned(),
-        PLAINTEXT.to_owned(),
-        "eyJ".to_owned(),
-    ];
+    let needles = [hex(&KEY), b64, TOKEN.to_owned(), PLAINTEXT.to_owned()];
     for n in &needles {
         assert!(!text.contains(n.as_str()), "found {n}");
     }
@@ -112,6 +106,11 @@ fn a_written_log_holds_no_secret_and_only_schema_fields() {
 
     let mut records = 0;
     for line in text.lines().filter(|l| l.starts_with("{\"v\":")) {
+        // The start of any JWT. Searched in records only: checkpoint lines carry base64
+        // root hashes and signatures, where any three characters turn up by chance
+        // (once in 2^18 positions; the 20 checkpoints here made a whole-file search fail
+        // now and then).
+        assert!(!line.contains("eyJ"), "found eyJ in {line}");
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         for (field, value) in v.as_object().unwrap() {
             assert!(FIELDS.contains(&field.as_str()), "unexpected field {field}");
