@@ -137,7 +137,10 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         else {
             continue;
         };
+        // Exactly 20 digits: `u64::from_str` would also take a leading `+`, making a
+        // second name for the same number.
         if num.len() == 20
+            && num.bytes().all(|b| b.is_ascii_digit())
             && let Ok(seq) = num.parse::<u64>()
         {
             out.push((seq, entry.path()));
@@ -247,6 +250,24 @@ mod tests {
         far.push(b'x');
         let s = Scan::from_bytes(far);
         assert_eq!(s.stray_at, Some(2 + MAX_TORN_BYTES + 10));
+    }
+
+    #[test]
+    fn only_twenty_digit_names_are_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "audit-00000000000000000060.log",
+            "audit-+0000000000000000060.log",
+            "audit-0000000000000000060.log",
+            "audit-00000000000000000061.log.tmp",
+        ] {
+            fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let found = list(dir.path()).unwrap();
+        assert_eq!(
+            found,
+            vec![(60, dir.path().join("audit-00000000000000000060.log"))]
+        );
     }
 
     #[test]

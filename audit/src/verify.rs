@@ -12,6 +12,8 @@
 //!   records before it, with the root computed from them (a changed byte that still
 //!   parses fails here, located to the records since the previous checkpoint);
 //! - every segment but the last ends with a checkpoint (a truncated archive fails);
+//! - no signed checkpoint lies past the end of the data (records hidden behind a zero
+//!   byte: a crash's torn tail never holds one);
 //! - checkpoints obtained elsewhere (the journal, a witness) match the log at their
 //!   size, and the log is not shorter than any of them (rollback to an older prefix).
 //!
@@ -148,6 +150,12 @@ pub enum FaultKind {
     UnsignedTail {
         records: u64,
     },
+    /// A checkpoint signed by the log key past the end of the data (after a zero byte or
+    /// inside a partial line): records it covered were hidden. A crash cannot leave this,
+    /// since a checkpoint is written only after the records before it are durable.
+    HiddenCheckpoint {
+        offset: u64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -214,6 +222,10 @@ impl fmt::Display for Fault {
             FaultKind::UnsignedTail { records } => {
                 write!(f, "{records} records after the last checkpoint")
             }
+            FaultKind::HiddenCheckpoint { offset } => write!(
+                f,
+                "a signed checkpoint at byte {offset}, past the end of the data (records hidden behind a zero byte or a cut line; a crash cannot leave this)"
+            ),
         }
     }
 }
@@ -236,6 +248,66 @@ fn fault(segment: Option<&Path>, line: Option<usize>, seq: Option<u64>, kind: Fa
         seq,
         kind,
     }))
+}
+
+/// Checks a checkpoint line against the tree of the records before it (`f`; `signed`:
+/// the size of the previous checkpoint, to locate a mismatch): signed by `key` for its
+/// origin, at exactly that size, with that root. Shared by the verifier and by the
+/// writer's reopen, so both refuse the same things.
+pub(crate) fn check_checkpoint(
+    note: &str,
+    key: &LogKey,
+    f: &Frontier,
+    signed: u64,
+) -> std::result::Result<SignedCheckpoint, FaultKind> {
+    let cp = SignedCheckpoint::verify(note.as_bytes(), key).map_err(|e| {
+        let reason = match e {
+            Error::Checkpoint { reason } => reason,
+            _ => "not a valid checkpoint",
+        };
+        FaultKind::BadCheckpoint { reason }
+    })?;
+    if cp.size() != f.size() {
+        return Err(FaultKind::CheckpointSizeMismatch {
+            checkpoint: cp.size(),
+            records: f.size(),
+        });
+    }
+    if cp.root() != f.root() {
+        return Err(FaultKind::RootMismatch {
+            from_seq: signed,
+            to_seq: f.size().saturating_sub(1),
+        });
+    }
+    Ok(cp)
+}
+
+/// Fails if a checkpoint signed by `key` lies in the segment's torn tail (see
+/// [`FaultKind::HiddenCheckpoint`]). A crash's torn tail holds at most one unsynced
+/// group of records, or a part of one checkpoint line, never a whole signed checkpoint.
+pub(crate) fn check_torn_tail(scan: &Scan, key: &LogKey) -> std::result::Result<(), FaultKind> {
+    let Some(at) = scan.torn_at else {
+        return Ok(());
+    };
+    let tail = scan.data.get(at..scan.torn_end).unwrap_or_default();
+    let mut offset = at;
+    // Only pieces that end in a newline are whole lines; a piece starts after the last
+    // zero byte before it.
+    let mut pieces = tail.split(|b| *b == b'\n').peekable();
+    while let Some(piece) = pieces.next() {
+        let complete = pieces.peek().is_some();
+        let start = piece.iter().rposition(|b| *b == 0).map_or(0, |z| z + 1);
+        if complete
+            && let Line::Checkpoint(note) = segment::classify(&piece[start..])
+            && SignedCheckpoint::verify(note.as_bytes(), key).is_ok()
+        {
+            return Err(FaultKind::HiddenCheckpoint {
+                offset: (offset + start) as u64,
+            });
+        }
+        offset += piece.len() + 1;
+    }
+    Ok(())
 }
 
 /// Verifies the log in `dir` with `key`.
@@ -365,40 +437,8 @@ pub(crate) fn walk(
                     w.check_trusted(path, n)?;
                 }
                 Line::Checkpoint(note) => {
-                    let cp = SignedCheckpoint::verify(note.as_bytes(), key).map_err(|e| {
-                        let reason = match e {
-                            Error::Checkpoint { reason } => reason,
-                            _ => "not a valid checkpoint",
-                        };
-                        fault(
-                            Some(path),
-                            Some(n),
-                            None,
-                            FaultKind::BadCheckpoint { reason },
-                        )
-                    })?;
-                    if cp.size() != w.f.size() {
-                        return Err(fault(
-                            Some(path),
-                            Some(n),
-                            None,
-                            FaultKind::CheckpointSizeMismatch {
-                                checkpoint: cp.size(),
-                                records: w.f.size(),
-                            },
-                        ));
-                    }
-                    if cp.root() != w.f.root() {
-                        return Err(fault(
-                            Some(path),
-                            Some(n),
-                            None,
-                            FaultKind::RootMismatch {
-                                from_seq: w.signed,
-                                to_seq: w.f.size().saturating_sub(1),
-                            },
-                        ));
-                    }
+                    let cp = check_checkpoint(&note, key, &w.f, w.signed)
+                        .map_err(|kind| fault(Some(path), Some(n), None, kind))?;
                     w.signed = w.f.size();
                     w.checkpoints += 1;
                     visit(Item::Checkpoint(&cp))?;
@@ -420,6 +460,7 @@ pub(crate) fn walk(
                 },
             ));
         }
+        check_torn_tail(&scan, key).map_err(|kind| fault(Some(path), None, None, kind))?;
         if let Some(at) = scan.torn_at {
             if i != last || opts.reject_torn_tail {
                 return Err(fault(

@@ -135,11 +135,7 @@ impl Committer {
         recovered: Recovered,
         shared: Arc<Shared>,
     ) -> Self {
-        let unsigned = recovered.frontier.size()
-            - recovered
-                .latest
-                .as_ref()
-                .map_or(0, |c| c.size().min(recovered.frontier.size()));
+        let unsigned = recovered.frontier.size() - recovered.signed;
         let mut seg = recovered.segment;
         seg.preallocate = config.preallocate;
         Committer {

@@ -72,6 +72,9 @@ pub(crate) struct Recovered {
     pub frontier: Frontier,
     pub last_time: i64,
     pub latest: Option<SignedCheckpoint>,
+    /// Records before this one are covered by a checkpoint: the last segment's last
+    /// checkpoint, or its start (a segment is begun only once the previous one is sealed).
+    pub signed: u64,
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -242,8 +245,9 @@ fn remove_temporaries(dir: &Path) -> Result<()> {
 
 /// Reopens the last segment (or creates the first): rebuilds the tree edge from its
 /// header and records, zeroes a torn tail (a crash's partial group), and refuses a
-/// segment whose records are out of sequence or that holds stray bytes past its end
-/// (that is tampering or a bug: run the verifier).
+/// segment whose records are out of sequence, whose checkpoints do not match its
+/// records, that hides a signed checkpoint in its torn tail, or that holds stray bytes
+/// past its end (that is tampering or a bug: run the verifier).
 pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
     remove_temporaries(dir)?;
     let segs = segment::list(dir)?;
@@ -254,6 +258,7 @@ pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
             frontier: Frontier::new(),
             last_time: i64::MIN,
             latest: None,
+            signed: 0,
         });
     };
     let bad = |line: usize, kind| {
@@ -275,6 +280,7 @@ pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
     let mut last_time = i64::MIN;
     let mut latest = None;
     let mut sealed = false;
+    let mut signed = header.first_seq;
     for n in 1..scan.lines.len() {
         sealed = false;
         match segment::classify(scan.line(n)) {
@@ -300,11 +306,14 @@ pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
                 last_time = rec.time;
             }
             Line::Checkpoint(note) => {
-                // Signature checked: a checkpoint the key did not sign is not "latest".
-                if let Ok(cp) = SignedCheckpoint::verify(note.as_bytes(), key) {
-                    sealed = cp.size() == frontier.size();
-                    latest = Some(cp);
-                }
+                // As the verifier: signed by the log key, at this size, with this root.
+                // Reopening signs the records after the last checkpoint; it must not do
+                // so over records that contradict a checkpoint already signed.
+                let cp = crate::verify::check_checkpoint(&note, key, &frontier, signed)
+                    .map_err(|kind| bad(n, kind))?;
+                signed = cp.size();
+                sealed = true;
+                latest = Some(cp);
             }
             Line::Header | Line::Unknown => {
                 return Err(bad(n, crate::verify::FaultKind::UnknownLine));
@@ -319,6 +328,16 @@ pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
             kind: crate::verify::FaultKind::StrayBytes { offset: at as u64 },
         })));
     }
+    // Zeroing a torn tail that holds a signed checkpoint would destroy the evidence of
+    // hidden records: refuse, and leave the file as it is for the verifier.
+    crate::verify::check_torn_tail(&scan, key).map_err(|kind| {
+        Error::Tampered(Box::new(crate::verify::Fault {
+            segment: Some(path.clone()),
+            line: None,
+            seq: None,
+            kind,
+        }))
+    })?;
     let capacity = scan.data.len() as u64;
     let durable_len = match scan.torn_at {
         Some(at) => {
@@ -344,5 +363,6 @@ pub(crate) fn recover(dir: &Path, key: &LogKey) -> Result<Recovered> {
         frontier,
         last_time,
         latest,
+        signed,
     })
 }

@@ -344,6 +344,19 @@ impl AuditLog {
             }),
             latest: Mutex::new(recovered.latest.clone()),
         });
+        let (signed, size) = (recovered.signed, recovered.frontier.size());
+        if size > signed {
+            // The checkpoint about to be signed vouches for records no earlier checkpoint
+            // covered: say so (to the journal under systemd, off the box), so that a
+            // history edited while the service was down shows next to the records' own
+            // journal copies.
+            tracing::warn!(
+                first_seq = signed,
+                last_seq = size - 1,
+                records = size - signed,
+                "audit log reopened with records no checkpoint covers (the service stopped without its final checkpoint: a crash, or the files were edited); signing them now"
+            );
+        }
         let nice = config.committer_nice;
         let mut committer =
             committer::Committer::new(config, key.clone(), signer, recovered, Arc::clone(&shared));

@@ -67,7 +67,8 @@ fn a_live_segment_keeps_zeroed_space_ahead_and_a_closed_one_is_trimmed() {
 
 /// What a power loss can leave of the last group: its first records, a partial line, a
 /// page that never reached the disk (zeros), then later pages of the same group, then
-/// the preallocated zeros.
+/// the preallocated zeros. Never the checkpoint after the group: it is written only once
+/// the group is durable.
 fn power_loss_image(dir: &Path) -> (usize, usize) {
     let seg = segments(dir).pop().unwrap();
     let bytes = std::fs::read(&seg).unwrap();
@@ -75,7 +76,8 @@ fn power_loss_image(dir: &Path) -> (usize, usize) {
     let keep = after_line(&bytes, 2 + 15); // header, checkpoint, records 0..=14
     let partial = keep + 40; // 40 bytes into record 15
     let hole = partial + 4096; // one page lost; later records of the group follow it
-    let residue_end = data_len(&bytes);
+    let residue_end = after_line(&bytes, 2 + 40); // the group's last record
+    assert!(hole < residue_end);
     let mut image = bytes[..partial].to_vec();
     image.resize(hole, 0);
     image.extend_from_slice(&bytes[hole..residue_end]);
@@ -98,6 +100,41 @@ fn a_power_loss_with_a_missing_page_inside_the_last_group_is_a_torn_tail() {
         records.iter().map(|(r, _)| r.seq).collect::<Vec<_>>(),
         (0..16).collect::<Vec<_>>()
     );
+}
+
+/// Found in review: a zero byte written into a signed record made every line after it,
+/// checkpoints included, look like a crash's torn tail, which `verify` accepted and
+/// reopening erased. A torn tail never holds a whole signed checkpoint (R16).
+#[test]
+fn records_hidden_behind_a_zero_byte_before_a_signed_checkpoint_are_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lines: header, checkpoint at open, records with a checkpoint after every 10th.
+    write_log(dir.path(), 40, |c| c.checkpoint_every = 10);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = after_line(&bytes, 2 + 25) + 30; // inside record 23 (two checkpoints before it)
+    bytes[at] = 0;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    for opts in [VerifyOptions::default(), VerifyOptions::default().strict()] {
+        let err = verify_dir(dir.path(), &key(), &opts).unwrap_err();
+        let f = err.fault().unwrap();
+        assert!(
+            matches!(f.kind, FaultKind::HiddenCheckpoint { offset } if offset as usize > at),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("a crash cannot leave this"),
+            "{err}"
+        );
+    }
+    let Err(Error::Tampered(f)) =
+        strongroom_audit::AuditLog::open(config(dir.path()), crate::common::signer())
+    else {
+        panic!("a log hiding signed records must not open (reopening would erase them)");
+    };
+    assert!(matches!(f.kind, FaultKind::HiddenCheckpoint { .. }));
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was changed");
 }
 
 #[test]

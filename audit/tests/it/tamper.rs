@@ -332,3 +332,58 @@ fn a_log_of_another_origin_is_rejected() {
     let f = fault(dir.path(), &VerifyOptions::default());
     assert_eq!(f.kind, FaultKind::WrongOrigin);
 }
+
+/// Found in review: reopening the log signs the records after its last checkpoint, and
+/// it used to check only the checkpoints' signatures, so an edited record before a
+/// checkpoint would have been vouched for by the next one. Now it refuses, as `verify`
+/// does, and changes nothing (R16).
+#[test]
+fn reopening_refuses_records_that_contradict_a_signed_checkpoint() {
+    let (dir, segs) = log60();
+    let last = segs.last().unwrap();
+    let original = std::fs::read(last).unwrap();
+    let mut l = lines(last);
+    let i = line_of(last, 58);
+    l[i] = l[i].replacen("\"outcome\":\"allowed\"", "\"outcome\":\"denied\"", 1);
+    assert_ne!(l[i], lines(last)[i], "record 58 is an allowed one");
+    write_lines(last, &l);
+    let edited = std::fs::read(last).unwrap();
+    let f = fault(dir.path(), &VerifyOptions::default());
+    assert!(matches!(f.kind, FaultKind::RootMismatch { .. }), "{f}");
+    let opened = AuditLog::open(crate::common::config(dir.path()), crate::common::signer());
+    let Err(strongroom_audit::Error::Tampered(f)) = opened else {
+        panic!("reopened over a record that contradicts its checkpoint");
+    };
+    assert!(matches!(f.kind, FaultKind::RootMismatch { .. }), "{f}");
+    assert_eq!(std::fs::read(last).unwrap(), edited, "nothing was changed");
+
+    // A checkpoint the log key did not sign is refused too (it used to be skipped).
+    std::fs::write(last, &original).unwrap();
+    let mut l = lines(last);
+    let c = l
+        .iter()
+        .rposition(|x| x.starts_with("{\"checkpoint\":"))
+        .unwrap();
+    let other = SoftwareSigner::from_bytes(&[9; 32]).unwrap();
+    let other_key = strongroom_audit::LogKey::new(ORIGIN, other.public_key()).unwrap();
+    let genuine = {
+        let v: serde_json::Value = serde_json::from_str(&l[c]).unwrap();
+        SignedCheckpoint::verify(v["checkpoint"].as_str().unwrap().as_bytes(), &key()).unwrap()
+    };
+    let forged =
+        SignedCheckpoint::sign(&other_key, &other, genuine.size(), genuine.root()).unwrap();
+    l[c] = serde_json::json!({ "checkpoint": forged.note() }).to_string();
+    write_lines(last, &l);
+    let opened = AuditLog::open(crate::common::config(dir.path()), crate::common::signer());
+    let Err(strongroom_audit::Error::Tampered(f)) = opened else {
+        panic!("reopened over a checkpoint the log key did not sign");
+    };
+    assert!(matches!(f.kind, FaultKind::BadCheckpoint { .. }), "{f}");
+
+    // The genuine log still opens.
+    std::fs::write(last, &original).unwrap();
+    AuditLog::open(crate::common::config(dir.path()), crate::common::signer())
+        .unwrap()
+        .close()
+        .unwrap();
+}

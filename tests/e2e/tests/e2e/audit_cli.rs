@@ -117,6 +117,45 @@ async fn verify_show_export_and_tamper_detection() {
     ]);
     assert_eq!(code, 0, "{out}");
 
+    // A cleanly stopped log is signed to its end: --strict passes. Without its last
+    // checkpoint line the last record is vouched for by nothing: plain verify still
+    // exits 0 but says so, --strict refuses.
+    let (code, out) = audit(&["verify", "--state", s, "--key", k, "--strict"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("not signed yet"), "{out}");
+    let mut segs: Vec<_> = std::fs::read_dir(state.path().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segs.sort();
+    let last = segs.pop().unwrap();
+    let original = std::fs::read_to_string(&last).unwrap();
+    let cut = original.trim_end_matches('\n').rfind('\n').unwrap() + 1;
+    assert!(
+        original[cut..].starts_with("{\"checkpoint\":"),
+        "{original}"
+    );
+    std::fs::write(&last, &original[..cut]).unwrap();
+    let (code, out) = audit(&["verify", "--state", s, "--key", k]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 records after the last checkpoint are not signed yet"),
+        "{out}"
+    );
+    let (code, out) = audit(&["verify", "--state", s, "--key", k, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["unsigned_tail"].as_u64(), v["torn_tail_bytes"].as_u64()),
+        (Some(1), Some(0)),
+        "{out}"
+    );
+    let (code, out) = audit(&["verify", "--state", s, "--key", k, "--strict"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("1 records after the last checkpoint"), "{out}");
+    std::fs::write(&last, &original).unwrap();
+
     // Flip one byte inside the first record of the first segment.
     let seg = tamper_first_audit_record(state.path()).unwrap();
     let (code, out) = audit(&["verify", "--state", s, "--key", k]);
