@@ -264,6 +264,12 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     out.extend_from_slice(&body);
     out.extend_from_slice(&tag);
     files::write_secret_file(&args.out, &out)?;
+    // In the live log after the copy (issue 4: admin actions are audited). No record, no
+    // backup: the file is removed again.
+    if let Err(e) = record(&cfg, &cfg.state_dir, &hsm, strongroom_audit::Action::Backup) {
+        let _ = std::fs::remove_file(&args.out);
+        return Err(e.context("the backup was not kept"));
+    }
     println!(
         "backup written: {} ({} bytes, {} files, {keys} keys); it restores only with HSM token {:?}'s keys",
         args.out.display(),
@@ -271,6 +277,23 @@ pub fn backup(args: &BackupArgs) -> anyhow::Result<()> {
         manifest.files.len(),
         cfg.token_label
     );
+    Ok(())
+}
+
+/// Appends an administrator action to the audit log in `state_dir` and closes it again
+/// (the service is stopped: backup and restore hold the log's lock meanwhile).
+fn record(
+    cfg: &Config,
+    state_dir: &Path,
+    hsm: &Hsm,
+    action: strongroom_audit::Action,
+) -> anyhow::Result<()> {
+    let log = crate::serve::open_audit(state_dir, &cfg.domain, hsm, cfg.audit)?;
+    crate::serve::record_admin(&log, action, strongroom_audit::Outcome::Allowed)?;
+    std::sync::Arc::try_unwrap(log)
+        .map_err(|_| anyhow::anyhow!("the audit log is still in use"))?
+        .close()
+        .context("closing the audit log")?;
     Ok(())
 }
 
@@ -483,6 +506,16 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         }
         write_new(&path, body, e.mode & 0o777)?;
     }
+    // The restored log records its own restore before it is moved in; opening it also
+    // checks its last segment (a log that contradicts its checkpoints is refused here,
+    // with nothing changed).
+    record(
+        &cfg,
+        staging.path(),
+        &hsm,
+        strongroom_audit::Action::Restore,
+    )
+    .context("the restored audit log; nothing was restored")?;
     for d in [staging.path().to_path_buf(), staging.path().join("audit")] {
         if d.exists() {
             sync_dir(&d)?;

@@ -316,6 +316,8 @@ async fn serve(args: &DevArgs, state: &Path) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, state = %state.display(), "strongroom dev is serving");
     let result = server::serve_plain(listener, app).await;
+    let log = Arc::clone(kms.audit());
+    let _ = tokio::task::spawn_blocking(move || crate::serve::record_stop(&log)).await;
     if let Some(mut child) = core_child {
         let _ = child.kill().await;
     }

@@ -91,8 +91,36 @@ pub fn open_audit(
     Ok(Arc::new(log))
 }
 
+/// Records an administrator action (issue 4: admin actions are audited like KMS
+/// decisions, R16) and waits until the record is durable. `Err` means it is not
+/// recorded: the caller must not go ahead as if it were.
+pub fn record_admin(
+    log: &strongroom_audit::AuditLog,
+    action: strongroom_audit::Action,
+    outcome: strongroom_audit::Outcome,
+) -> anyhow::Result<()> {
+    use strongroom_audit::{Event, Kind, Outcome, Reason};
+    let reason = match outcome {
+        Outcome::Allowed => Reason::Ok,
+        _ => Reason::Internal,
+    };
+    log.append(&Event::new(Kind::Admin, action, outcome, reason))
+        .map(|_| ())
+        .context("writing the audit record of an administrator action")
+}
+
 pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
     let audit = open_audit(&parts.state_dir, parts.domain, &parts.hsm, parts.audit)?;
+    // No record of the start, no service.
+    let log = Arc::clone(&audit);
+    tokio::task::spawn_blocking(move || {
+        record_admin(
+            &log,
+            strongroom_audit::Action::Start,
+            strongroom_audit::Outcome::Allowed,
+        )
+    })
+    .await??;
     let store = Arc::new(
         RedbStore::open(&parts.store_path, parts.cache_bytes)
             .with_context(|| format!("opening {}", parts.store_path.display()))?,
@@ -339,9 +367,26 @@ pub fn serve(args: &ConfigArg) -> anyhow::Result<()> {
     // the last reference to the audit log, then closes it: the final checkpoint is signed.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     if let Some(audit) = audit {
-        close_audit(audit);
+        stop_audit(audit);
     }
     served
+}
+
+/// Records the stop; best effort: the service is going down either way.
+pub fn record_stop(audit: &strongroom_audit::AuditLog) {
+    if let Err(e) = record_admin(
+        audit,
+        strongroom_audit::Action::Stop,
+        strongroom_audit::Outcome::Allowed,
+    ) {
+        tracing::error!(error = %format!("{e:#}"), "the stop is not in the audit log");
+    }
+}
+
+/// Records the stop and closes the log with its final checkpoint.
+fn stop_audit(audit: Arc<strongroom_audit::AuditLog>) {
+    record_stop(&audit);
+    close_audit(audit);
 }
 
 fn close_audit(audit: Arc<strongroom_audit::AuditLog>) {

@@ -105,6 +105,43 @@ impl Kms {
         status: u16,
         reason: Reason,
     ) -> Result<(), KmsError> {
+        let mut events = Vec::with_capacity(1);
+        self.events_into(&d, status, reason, &mut events);
+        drop(d);
+        self.append(events).await
+    }
+
+    /// Several decisions made in one step (a deprovisioning's removals): appended together,
+    /// one write, all durable or none.
+    pub(crate) async fn record_all(
+        &self,
+        decisions: impl IntoIterator<Item = (Decision, u16, Reason)>,
+    ) -> Result<(), KmsError> {
+        let mut events = Vec::new();
+        for (d, status, reason) in decisions {
+            self.events_into(&d, status, reason, &mut events);
+        }
+        self.append(events).await
+    }
+
+    /// Queues `events` (encoded now; freed before the wait) and waits until they are durable.
+    async fn append(&self, events: Vec<Event>) -> Result<(), KmsError> {
+        let durable = self.audit.append_async(&events);
+        drop(events);
+        match durable.await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::error!(error = %e, "audit record not written: refusing the request");
+                Err(KmsError::AuditUnavailable)
+            }
+        }
+    }
+
+    /// The record(s) of one decision. A record names at most MAX_KEYS keys: a decision
+    /// about more (a client may list thousands, a room may hold more bound keys) becomes
+    /// records that share its request ID, appended together (one write, all or none), so
+    /// it is never refused for its size.
+    fn events_into(&self, d: &Decision, status: u16, reason: Reason, out: &mut Vec<Event>) {
         let outcome = match status {
             0..400 => Outcome::Allowed,
             500.. => Outcome::Failed,
@@ -132,20 +169,16 @@ impl Kms {
         if let Some(r) = d.resource {
             e = e.resource(ResourceUri::new(&self.audit_domain, r));
         }
-        if !d.keys.is_empty() {
-            e = e.keys(d.keys.iter().map(|k| KeyUri::new(&self.audit_domain, *k)));
+        let key = |k: &Uuid| KeyUri::new(&self.audit_domain, *k);
+        let mut chunks = d.keys.chunks(strongroom_audit::record::MAX_KEYS);
+        let last = chunks.next_back();
+        for keys in chunks {
+            out.push(e.clone().keys(keys.iter().map(key)));
         }
-        drop(d);
-        // Encoded and queued now; the event is freed here, before the request waits.
-        let durable = self.audit.append_async(std::slice::from_ref(&e));
-        drop(e);
-        match durable.await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::error!(error = %e, "audit record not written: refusing the request");
-                Err(KmsError::AuditUnavailable)
-            }
-        }
+        out.push(match last {
+            Some(keys) => e.keys(keys.iter().map(key)),
+            None => e,
+        });
     }
 
     /// Whether a state change may be attempted: not while the log cannot take its record.

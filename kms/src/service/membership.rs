@@ -391,8 +391,9 @@ impl Kms {
                     action: Some(strongroom_audit::Action::Delete),
                     ..Decision::default()
                 };
-                self.record(d, 401, strongroom_audit::Reason::Unauthenticated)
-                    .await?;
+                // The reason says why (expired, wrong audience...), as for a bearer token.
+                let reason = super::audit::reason_of(&KmsError::Unauthenticated(e.clone()));
+                self.record(d, 401, reason).await?;
                 return Err(e.into());
             }
         };
@@ -415,16 +416,18 @@ impl Kms {
             resource,
             ..Decision::default()
         };
+        // One record per removal, all appended in one write: durable together or not at all.
         if removed.is_empty() {
             self.record(decision(None), 200, strongroom_audit::Reason::Ok)
                 .await?;
-        }
-        for a in &removed {
-            self.record(
-                decision(Some(a.resource)),
-                200,
-                strongroom_audit::Reason::Ok,
-            )
+        } else {
+            self.record_all(removed.iter().map(|a| {
+                (
+                    decision(Some(a.resource)),
+                    200,
+                    strongroom_audit::Reason::Ok,
+                )
+            }))
             .await?;
         }
         tracing::info!(user = %p.user, removed = removed.len(), "deprovisioned a deactivated user");
@@ -447,10 +450,12 @@ impl Kms {
             subject: Some(m.subject),
             ..Decision::default()
         };
+        // Not ok only for undoing a removal: a conflict with the state (409), not a refusal
+        // of who asked.
         let reason = if ok {
             strongroom_audit::Reason::Ok
         } else {
-            strongroom_audit::Reason::Forbidden
+            strongroom_audit::Reason::Conflict
         };
         self.record(d, status, reason).await?;
         Ok(())

@@ -136,3 +136,48 @@ async fn an_unwritable_log_makes_the_kms_refuse_then_it_recovers() {
     let r = call(&e.kms, &ca, "retrieve", &key_uri, json!({})).await;
     assert_eq!(r["status"], 200);
 }
+
+/// Found in review: a record names at most 1024 keys, and a request listing more (the
+/// client chooses) made the record invalid, so the KMS answered an unrecorded 503. Now the
+/// decision is recorded, split over records that share its request ID, and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_naming_more_keys_than_a_record_holds_is_recorded_in_parts() {
+    let e = env("audit-many").await;
+    let alice = Uuid::new_v4();
+    let ca = e.client(alice).await;
+    let keys = call(&e.kms, &ca, "create", "/keys", json!({"count": 1})).await;
+    let key_uri = keys["keys"][0]["uri"].as_str().unwrap().to_owned();
+    let prefix = key_uri.rsplit_once('/').unwrap().0.to_owned();
+    let many: Vec<String> = (0..1500)
+        .map(|_| format!("{prefix}/{}", Uuid::new_v4()))
+        .collect();
+    let res = call(
+        &e.kms,
+        &ca,
+        "create",
+        "/resources",
+        json!({ "keyUris": many }),
+    )
+    .await;
+    assert_eq!(
+        res["status"], 400,
+        "refused for its size, and recorded: {res}"
+    );
+
+    let dir = e.dir.path().join("audit");
+    let key = e.kms.audit().key().clone();
+    let mut filter = Filter::default();
+    filter.outcome = Some(Outcome::Denied);
+    let mut parts = Vec::new();
+    strongroom_audit::query(
+        &dir,
+        &key,
+        &VerifyOptions::default(),
+        &filter,
+        &mut |r, _| parts.push((r.request, r.keys.len())),
+    )
+    .unwrap();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[0].0, parts[1].0, "one decision: the same request ID");
+    assert_eq!((parts[0].1, parts[1].1), (1024, 476));
+}

@@ -311,6 +311,28 @@ async fn undo_of_an_add_is_idempotent_and_a_removal_is_final() {
     let err = e.kms.membership_undo(&rn).await.unwrap_err();
     assert_eq!(err.code(), "remove_is_final");
     assert!(!can_read(&e.kms, &cb, &key).await, "the removal stands");
+    // Recorded as what it is: a 409 conflict with the removal's state, not a refusal.
+    let mut conflicts = Vec::new();
+    strongroom_audit::query(
+        &e.dir.path().join("audit"),
+        e.kms.audit().key(),
+        &strongroom_audit::VerifyOptions::default(),
+        &strongroom_audit::Filter::default(),
+        &mut |r, _| {
+            if r.status == Some(409) {
+                conflicts.push((r.action, r.reason, r.outcome));
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        conflicts,
+        [(
+            strongroom_audit::Action::Delete,
+            strongroom_audit::Reason::Conflict,
+            strongroom_audit::Outcome::Denied
+        )]
+    );
     // The stale undo of the first add does not touch the newer authorization.
     let (_, r) = by_alice.add(&res, bob, room, &nonce()).await;
     assert!(r.is_some());

@@ -58,7 +58,8 @@ async fn verify_show_export_and_tamper_detection() {
     let k = k.to_str().unwrap();
     let (code, out) = audit(&["verify", "--state", s, "--key", k]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("intact: 4 records"), "{out}");
+    // The start, the 4 decisions, the stop (admin actions are recorded too).
+    assert!(out.contains("intact: 6 records"), "{out}");
     let (code, out) = audit(&["verify", "--state", s, "--key", k, "--json"]);
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -76,6 +77,28 @@ async fn verify_show_export_and_tamper_detection() {
         "only the denied record: {out}"
     );
 
+    // The first record is the service's start, the last its stop.
+    let (code, out) = audit(&["show", "--state", s, "--key", k]);
+    assert_eq!(code, 0, "{out}");
+    let kinds: Vec<(String, String)> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                r["kind"].as_str().unwrap().into(),
+                r["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds.len(), 6, "{out}");
+    assert_eq!(kinds[0], ("admin".into(), "start".into()), "{out}");
+    assert_eq!(kinds[5], ("admin".into(), "stop".into()), "{out}");
+    assert!(
+        kinds[1..5].iter().all(|(k, _)| k == "kms.decision"),
+        "{out}"
+    );
+
     // `query` is `show`; proofs come out with the roots they lead to.
     let prove = |kind: &str, flag: &str, n: &str| {
         audit(&["prove", kind, "--state", s, "--key", k, flag, n])
@@ -86,13 +109,13 @@ async fn verify_show_export_and_tamper_detection() {
     let (code, out) = prove("inclusion", "--index", "1");
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["proof"]["tree_size"], 4, "{out}");
-    assert_eq!(v["proof"]["hashes"].as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(v["proof"]["tree_size"], 6, "{out}");
+    assert_eq!(v["proof"]["hashes"].as_array().unwrap().len(), 3, "{out}");
     let (code, out) = prove("consistency", "--old", "3");
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_ne!(v["old_root"], v["new_root"], "{out}");
-    let (code, out) = prove("inclusion", "--index", "4");
+    let (code, out) = prove("inclusion", "--index", "6");
     assert_ne!(code, 0, "an index beyond the log is refused: {out}");
 
     let bundle = state.path().join("bundle.json");

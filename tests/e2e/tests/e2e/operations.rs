@@ -80,6 +80,23 @@ impl Appliance {
         strongroom_init(&self.config).unwrap();
     }
 
+    /// The administrator actions in this appliance's audit log, in order.
+    fn admin_actions(&self) -> Vec<String> {
+        let out = strongroom(&[
+            "audit",
+            "show",
+            "--state",
+            self.cfg.state_dir.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == "admin")
+            .map(|r| r["action"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     fn http(&self) -> reqwest::Client {
         self.cfg.https_client().unwrap()
     }
@@ -196,6 +213,8 @@ async fn backup_and_restore_round_trip_and_refusals() {
 
     let out = a.run(&["backup", "--out", out_path.to_str().unwrap()]);
     assert!(out.status.success(), "backup: {}", stderr(&out));
+    // The refused backup left no record; the one taken did (issue 4: admin actions).
+    assert_eq!(a.admin_actions(), ["start", "stop", "backup"]);
     let mode = std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the backup is readable by its owner only");
     let backup = std::fs::read(&out_path).unwrap();
@@ -290,9 +309,11 @@ async fn backup_and_restore_round_trip_and_refusals() {
         "nothing changed on the other appliance"
     );
 
-    // The real restore.
+    // The real restore. The restored log is the backed-up one (taken before its backup
+    // record) plus its restore.
     let out = restore(&b, &out_path, &[]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
+    assert_eq!(b.admin_actions(), ["start", "stop", "restore"]);
     let out = b.verify_audit();
     assert!(
         out.status.success(),
