@@ -12,6 +12,10 @@ use crate::envelope::{Payload, Request, Response};
 use crate::error::KmsError;
 use crate::uri::Target;
 
+/// Reserve left (bytes) below which a full disk stops state changes: room for the records
+/// of about 600 changes already under way (records are 300-400 bytes).
+pub(crate) const CHANGE_MARGIN: u64 = 256 * 1024;
+
 /// What the service learned while deciding, for the record.
 #[derive(Debug, Default)]
 pub(crate) struct Decision {
@@ -181,8 +185,13 @@ impl Kms {
         });
     }
 
-    /// Whether a state change may be attempted: not while the log cannot take its record.
+    /// Whether a state change may be attempted: not while the log cannot take its record,
+    /// and not once the disk is full and the log's preallocated reserve is down to
+    /// [`CHANGE_MARGIN`]. A change is stored before its record is written, so it must
+    /// stop while the records of the changes already let through still fit; retrieves,
+    /// which change nothing, go on until the reserve is used up.
     pub(crate) fn audit_writable(&self) -> bool {
-        self.audit.health().writable
+        let h = self.audit.health();
+        h.writable && !(h.reserve_short && h.reserve_bytes < CHANGE_MARGIN)
     }
 }

@@ -1,8 +1,9 @@
 //! A full disk under the audit log makes the KMS refuse (503: no record, no answer), and
 //! once space is back it recovers by itself (issue 4). The audit directory of a real
 //! `strongroom dev` is a small tmpfs mount that we fill up. The log first uses up its
-//! preallocated reserve (up to 1 MiB, ADR 0013), then refuses. Needs root (mount); skips
-//! otherwise.
+//! preallocated reserve (up to 1 MiB, ADR 0013), then refuses; state changes stop first,
+//! while the reserve still holds the records of those under way. Needs root (mount);
+//! skips otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -66,6 +67,7 @@ async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
         r.json::<serde_json::Value>().await.unwrap()
     };
     let mut warned = false;
+    let (mut creates_before_refusal, mut create_refused_at) = (0, None);
     let counters = |h: &serde_json::Value| {
         (
             h["audit_records"].as_u64().unwrap(),
@@ -81,9 +83,22 @@ async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
             assert!(records >= start.0 + 10, "{start:?} -> {records}");
             assert!(flushes > start.1 && flushes - start.1 <= records - start.0);
         }
+        if i % 25 == 0 {
+            let c = s
+                .call("create", "/keys", json!({"count": 1}))
+                .await
+                .unwrap();
+            match c["status"].as_u64() {
+                Some(201) => creates_before_refusal += 1,
+                Some(503) => {
+                    create_refused_at.get_or_insert(i);
+                }
+                other => panic!("create answered {other:?}"),
+            }
+        }
         let r = s.call("retrieve", &uri, json!({})).await.unwrap();
         if r["status"] == 503 {
-            refused = Some(r);
+            refused = Some((i, r));
             break;
         }
         assert_eq!(r["status"], 200);
@@ -93,7 +108,15 @@ async fn a_full_audit_disk_makes_the_kms_refuse_then_recover() {
             warned = h["audit_reserve"] == "short" && h["audit"] == "ok";
         }
     }
-    let refused = refused.expect("a full disk under the audit log must make the KMS refuse");
+    let (refused_at, refused) =
+        refused.expect("a full disk under the audit log must make the KMS refuse");
+    // A change is stored before its record is written: on a full disk, changes stop while
+    // the reserve still holds their records, well before the retrieves do.
+    let create_refused_at = create_refused_at.expect("creates are refused on a full disk");
+    assert!(
+        creates_before_refusal > 0 && create_refused_at + 100 < refused_at,
+        "creates stopped at {create_refused_at} after {creates_before_refusal}, retrieves at {refused_at}"
+    );
     assert!(
         refused.get("key").is_none(),
         "no key material in the refusal"
