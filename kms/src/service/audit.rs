@@ -25,6 +25,9 @@ pub(crate) struct Decision {
     pub resource: Option<Uuid>,
     pub keys: Vec<Uuid>,
     pub subject: Option<Uuid>,
+    /// The users or orgs a `create` grants access to (`userIds`, `authIds`): once allowed,
+    /// one more record each, with its `subject`, so that who was given access is in the log.
+    pub grants: Vec<Uuid>,
 }
 
 pub(crate) fn action_of(method: &str) -> Action {
@@ -86,6 +89,19 @@ impl Kms {
                 d.keys.push(id);
             }
         }
+        let grants = req
+            .user_ids
+            .iter()
+            .flatten()
+            .chain(req.auth_ids.iter().flatten());
+        // A list longer than the KMS takes is refused anyway: not worth a record each.
+        if req.method == "create" && grants.clone().count() <= self.cfg.max_ids_per_request {
+            for id in grants.filter_map(|g| Uuid::parse_str(g).ok()) {
+                if !d.grants.contains(&id) {
+                    d.grants.push(id);
+                }
+            }
+        }
     }
 
     /// Keys and resources the answer names (created keys, a new resource).
@@ -141,10 +157,10 @@ impl Kms {
         }
     }
 
-    /// The record(s) of one decision. A record names at most MAX_KEYS keys: a decision
-    /// about more (a client may list thousands, a room may hold more bound keys) becomes
-    /// records that share its request ID, appended together (one write, all or none), so
-    /// it is never refused for its size.
+    /// The record(s) of one decision, all with its request ID and appended together (one
+    /// write, all or none). A record names at most MAX_KEYS keys: a decision about more (a
+    /// client may list thousands, a room may hold more bound keys) is split, so it is never
+    /// refused for its size. An allowed grant adds one record per user or org granted.
     fn events_into(&self, d: &Decision, status: u16, reason: Reason, out: &mut Vec<Event>) {
         let outcome = match status {
             0..400 => Outcome::Allowed,
@@ -173,6 +189,11 @@ impl Kms {
         if let Some(r) = d.resource {
             e = e.resource(ResourceUri::new(&self.audit_domain, r));
         }
+        let grants: Vec<Event> = if outcome == Outcome::Allowed && d.subject.is_none() {
+            d.grants.iter().map(|g| e.clone().subject(*g)).collect()
+        } else {
+            Vec::new()
+        };
         let key = |k: &Uuid| KeyUri::new(&self.audit_domain, *k);
         let mut chunks = d.keys.chunks(strongroom_audit::record::MAX_KEYS);
         let last = chunks.next_back();
@@ -183,6 +204,7 @@ impl Kms {
             Some(keys) => e.keys(keys.iter().map(key)),
             None => e,
         });
+        out.extend(grants);
     }
 
     /// Whether a state change may be attempted: not while the log cannot take its record,

@@ -42,9 +42,24 @@ async fn every_decision_is_recorded_and_the_log_holds_no_secrets() {
 
     let dir = e.dir.path().join("audit");
     let key = e.kms.audit().key().clone();
-    // 3 handshakes + create keys + create resource + 2 retrieves.
+    // 3 handshakes + create keys + create resource (and its grant to bob) + 2 retrieves.
     let v = strongroom_audit::verify_dir(&dir, &key, &VerifyOptions::default()).unwrap();
-    assert_eq!(v.records, 7, "one record per decision");
+    assert_eq!(v.records, 8, "one record per decision, and one per grant");
+    // Who was given access is in the log: the grant's record names bob as its subject.
+    let mut grants = Vec::new();
+    strongroom_audit::query(
+        &dir,
+        &key,
+        &VerifyOptions::default(),
+        &Filter::default(),
+        &mut |r, _| {
+            if r.subject.is_some() {
+                grants.push((r.subject, r.user, r.resource.is_some(), r.outcome));
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(grants, [(Some(bob), Some(alice), true, Outcome::Allowed)]);
 
     let mut denied = Vec::new();
     let mut filter = Filter::default();
