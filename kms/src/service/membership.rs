@@ -310,14 +310,40 @@ impl Kms {
     }
 
     async fn set_state(&self, nonce: &str, state: MembershipState) -> Result<String, FrameError> {
-        let nonce = parse_nonce(nonce).ok_or(FrameError::BadFrame("nonce is not 16 bytes"))?;
-        let current = self
-            .store
-            .membership(&nonce)?
-            .ok_or(FrameError::UnknownNonce)?;
+        // A confirm or undo the core sends for no known change is refused and recorded: a
+        // core that invents nonces shows in the log.
+        let refuse = |status: u16, reason, e: FrameError| async move {
+            let d = Decision {
+                action: Some(audit_action(state)),
+                ..Decision::default()
+            };
+            self.record(d, status, reason).await?;
+            Err(e)
+        };
+        let Some(nonce) = parse_nonce(nonce) else {
+            return refuse(
+                400,
+                strongroom_audit::Reason::BadRequest,
+                FrameError::BadFrame("nonce is not 16 bytes"),
+            )
+            .await;
+        };
+        let Some(current) = self.store.membership(&nonce)? else {
+            return refuse(
+                404,
+                strongroom_audit::Reason::NotFound,
+                FrameError::UnknownNonce,
+            )
+            .await;
+        };
         if state == MembershipState::Undone && current.op == MembershipOp::Remove {
-            self.record_frame(&current, audit_action(state), 409, false)
-                .await?;
+            self.record_frame(
+                &current,
+                audit_action(state),
+                409,
+                strongroom_audit::Reason::Conflict,
+            )
+            .await?;
             return Err(FrameError::RemoveIsFinal);
         }
         if !self.audit_writable() {
@@ -333,8 +359,24 @@ impl Kms {
             .await?;
         let m = match out.into_iter().next() {
             Some(WriteOutcome::Membership(m)) => *m,
-            Some(WriteOutcome::NotFound) => return Err(FrameError::UnknownNonce),
+            Some(WriteOutcome::NotFound) => {
+                self.record_frame(
+                    &current,
+                    audit_action(state),
+                    404,
+                    strongroom_audit::Reason::NotFound,
+                )
+                .await?;
+                return Err(FrameError::UnknownNonce);
+            }
             Some(WriteOutcome::Conflict("remove_is_final")) => {
+                self.record_frame(
+                    &current,
+                    audit_action(state),
+                    409,
+                    strongroom_audit::Reason::Conflict,
+                )
+                .await?;
                 return Err(FrameError::RemoveIsFinal);
             }
             // Confirm after undo: answer the receipt as it is (state `undone`).
@@ -347,7 +389,7 @@ impl Kms {
                 return Err(FrameError::Unavailable);
             }
         };
-        self.record_frame(&m, audit_action(state), 200, true)
+        self.record_frame(&m, audit_action(state), 200, strongroom_audit::Reason::Ok)
             .await?;
         self.receipt(&m).await
     }
@@ -442,20 +484,13 @@ impl Kms {
         m: &StoredMembership,
         action: strongroom_audit::Action,
         status: u16,
-        ok: bool,
+        reason: strongroom_audit::Reason,
     ) -> Result<(), FrameError> {
         let d = Decision {
             action: Some(action),
             resource: Some(m.resource),
             subject: Some(m.subject),
             ..Decision::default()
-        };
-        // Not ok only for undoing a removal: a conflict with the state (409), not a refusal
-        // of who asked.
-        let reason = if ok {
-            strongroom_audit::Reason::Ok
-        } else {
-            strongroom_audit::Reason::Conflict
         };
         self.record(d, status, reason).await?;
         Ok(())

@@ -312,7 +312,7 @@ async fn undo_of_an_add_is_idempotent_and_a_removal_is_final() {
     assert_eq!(err.code(), "remove_is_final");
     assert!(!can_read(&e.kms, &cb, &key).await, "the removal stands");
     // Recorded as what it is: a 409 conflict with the removal's state, not a refusal.
-    let mut conflicts = Vec::new();
+    let (mut conflicts, mut unknown) = (Vec::new(), Vec::new());
     strongroom_audit::query(
         &e.dir.path().join("audit"),
         e.kms.audit().key(),
@@ -322,9 +322,21 @@ async fn undo_of_an_add_is_idempotent_and_a_removal_is_final() {
             if r.status == Some(409) {
                 conflicts.push((r.action, r.reason, r.outcome));
             }
+            if r.status == Some(404) {
+                unknown.push((r.action, r.reason, r.resource.is_none()));
+            }
         },
     )
     .unwrap();
+    // The undo of a nonce the KMS never issued is refused and recorded too.
+    assert_eq!(
+        unknown,
+        [(
+            strongroom_audit::Action::Delete,
+            strongroom_audit::Reason::NotFound,
+            true
+        )]
+    );
     assert_eq!(
         conflicts,
         [(
