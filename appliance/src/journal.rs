@@ -12,9 +12,9 @@ use systemd_journal_logger::JournalLog;
 
 /// The audit record's fields that go to the journal (a subset of the schema, all of them
 /// obfuscated IDs, URIs or enums: R14, R22).
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 15] = [
     "seq", "time", "kind", "action", "outcome", "reason", "status", "user", "org", "client",
-    "request", "resource",
+    "machine", "subject", "peer", "request", "resource",
 ];
 
 pub fn wanted() -> bool {
