@@ -111,16 +111,6 @@ pub fn record_admin(
 
 pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
     let audit = open_audit(&parts.state_dir, parts.domain, &parts.hsm, parts.audit)?;
-    // No record of the start, no service.
-    let log = Arc::clone(&audit);
-    tokio::task::spawn_blocking(move || {
-        record_admin(
-            &log,
-            strongroom_audit::Action::Start,
-            strongroom_audit::Outcome::Allowed,
-        )
-    })
-    .await??;
     let store = Arc::new(
         RedbStore::open(&parts.store_path, parts.cache_bytes)
             .with_context(|| format!("opening {}", parts.store_path.display()))?,
@@ -133,11 +123,27 @@ pub async fn start_kms(parts: KmsParts<'_>) -> anyhow::Result<Arc<Kms>> {
         parts.issuers,
         Arc::clone(&clock),
     );
-    Ok(Arc::new(
-        Kms::new(cfg, store, parts.hsm, verifier, clock, parts.x5c, audit)
-            .await
-            .context("starting the KMS")?,
-    ))
+    let kms = Kms::new(
+        cfg,
+        store,
+        parts.hsm,
+        verifier,
+        clock,
+        parts.x5c,
+        Arc::clone(&audit),
+    )
+    .await
+    .context("starting the KMS")?;
+    // No record of the start, no service.
+    tokio::task::spawn_blocking(move || {
+        record_admin(
+            &audit,
+            strongroom_audit::Action::Start,
+            strongroom_audit::Outcome::Allowed,
+        )
+    })
+    .await??;
+    Ok(Arc::new(kms))
 }
 
 /// `strongroom config check`.

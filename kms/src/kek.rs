@@ -48,16 +48,18 @@ impl Kek {
         self.lock.is_some()
     }
 
-    /// Loads the wrapped KEK from the store and unwraps it in the HSM, or on first start
-    /// generates one, wraps it and stores it durably.
-    pub async fn load_or_create(
-        store: &dyn Store,
-        hsm: &strongroom_hsm::Hsm,
-    ) -> Result<Self, KekError> {
-        if let Some(wrapped) = store.meta(KEK_META)? {
-            let raw = hsm.unwrap_key(&wrapped)?;
-            return Ok(Self::from_key(SecretKey32::from_bytes(*raw)));
-        }
+    /// Loads the wrapped KEK from the store and unwraps it in the HSM; `None` before the
+    /// first start.
+    pub fn load(store: &dyn Store, hsm: &strongroom_hsm::Hsm) -> Result<Option<Self>, KekError> {
+        let Some(wrapped) = store.meta(KEK_META)? else {
+            return Ok(None);
+        };
+        let raw = hsm.unwrap_key(&wrapped)?;
+        Ok(Some(Self::from_key(SecretKey32::from_bytes(*raw))))
+    }
+
+    /// On first start: generates the KEK, wraps it in the HSM and stores it durably.
+    pub async fn create(store: &dyn Store, hsm: &strongroom_hsm::Hsm) -> Result<Self, KekError> {
         let key = SecretKey32::generate();
         let wrapped = hsm.wrap_key(key.expose())?;
         store

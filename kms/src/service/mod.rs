@@ -104,7 +104,8 @@ impl std::fmt::Debug for Kms {
 const CHANNEL_CACHE_SWEEP: usize = 100_000;
 
 impl Kms {
-    /// Wires the service. Loads (or on first start creates) the KEK through the HSM.
+    /// Wires the service. Loads (or on first start creates, recording `admin init`) the KEK
+    /// through the HSM.
     /// `x5c` is the certificate chain published in the static JWK (leaf first, DER base64).
     pub async fn new(
         cfg: KmsConfig,
@@ -120,7 +121,24 @@ impl Kms {
             .domain
             .parse()
             .map_err(|e| KmsError::Internal(format!("domain for the audit log: {e}")))?;
-        let kek = Kek::load_or_create(store.as_ref(), &hsm).await?;
+        let kek = match Kek::load(store.as_ref(), &hsm)? {
+            Some(kek) => kek,
+            None => {
+                // First start on this state: the KEK's creation is an administrator
+                // action, recorded first (no record, no KEK).
+                let init = strongroom_audit::Event::new(
+                    strongroom_audit::Kind::Admin,
+                    strongroom_audit::Action::Init,
+                    strongroom_audit::Outcome::Allowed,
+                    strongroom_audit::Reason::Ok,
+                );
+                audit
+                    .append_async(std::slice::from_ref(&init))
+                    .await
+                    .map_err(|_| KmsError::AuditUnavailable)?;
+                Kek::create(store.as_ref(), &hsm).await?
+            }
+        };
         let public = hsm
             .rsa_public_key()
             .map_err(|e| KmsError::Internal(e.to_string()))?;

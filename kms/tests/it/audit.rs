@@ -42,9 +42,10 @@ async fn every_decision_is_recorded_and_the_log_holds_no_secrets() {
 
     let dir = e.dir.path().join("audit");
     let key = e.kms.audit().key().clone();
-    // 3 handshakes + create keys + create resource (and its grant to bob) + 2 retrieves.
+    // The KEK's creation (admin init, first start), 3 handshakes, create keys, create
+    // resource (and its grant to bob), 2 retrieves.
     let v = strongroom_audit::verify_dir(&dir, &key, &VerifyOptions::default()).unwrap();
-    assert_eq!(v.records, 8, "one record per decision, and one per grant");
+    assert_eq!(v.records, 9, "one record per decision, and one per grant");
     // Who was given access is in the log: the grant's record names bob as its subject.
     let mut grants = Vec::new();
     strongroom_audit::query(

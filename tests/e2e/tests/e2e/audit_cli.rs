@@ -58,8 +58,9 @@ async fn verify_show_export_and_tamper_detection() {
     let k = k.to_str().unwrap();
     let (code, out) = audit(&["verify", "--state", s, "--key", k]);
     assert_eq!(code, 0, "{out}");
-    // The start, the 4 decisions, the stop (admin actions are recorded too).
-    assert!(out.contains("intact: 6 records"), "{out}");
+    // The KEK's creation (init), the start, the 4 decisions, the stop: admin actions are
+    // recorded too.
+    assert!(out.contains("intact: 7 records"), "{out}");
     let (code, out) = audit(&["verify", "--state", s, "--key", k, "--json"]);
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -77,7 +78,7 @@ async fn verify_show_export_and_tamper_detection() {
         "only the denied record: {out}"
     );
 
-    // The first record is the service's start, the last its stop.
+    // The first records are the first start's init and the start, the last the stop.
     let (code, out) = audit(&["show", "--state", s, "--key", k]);
     assert_eq!(code, 0, "{out}");
     let kinds: Vec<(String, String)> = out
@@ -91,11 +92,12 @@ async fn verify_show_export_and_tamper_detection() {
             )
         })
         .collect();
-    assert_eq!(kinds.len(), 6, "{out}");
-    assert_eq!(kinds[0], ("admin".into(), "start".into()), "{out}");
-    assert_eq!(kinds[5], ("admin".into(), "stop".into()), "{out}");
+    assert_eq!(kinds.len(), 7, "{out}");
+    assert_eq!(kinds[0], ("admin".into(), "init".into()), "{out}");
+    assert_eq!(kinds[1], ("admin".into(), "start".into()), "{out}");
+    assert_eq!(kinds[6], ("admin".into(), "stop".into()), "{out}");
     assert!(
-        kinds[1..5].iter().all(|(k, _)| k == "kms.decision"),
+        kinds[2..6].iter().all(|(k, _)| k == "kms.decision"),
         "{out}"
     );
 
@@ -109,13 +111,13 @@ async fn verify_show_export_and_tamper_detection() {
     let (code, out) = prove("inclusion", "--index", "1");
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["proof"]["tree_size"], 6, "{out}");
+    assert_eq!(v["proof"]["tree_size"], 7, "{out}");
     assert_eq!(v["proof"]["hashes"].as_array().unwrap().len(), 3, "{out}");
     let (code, out) = prove("consistency", "--old", "3");
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_ne!(v["old_root"], v["new_root"], "{out}");
-    let (code, out) = prove("inclusion", "--index", "6");
+    let (code, out) = prove("inclusion", "--index", "7");
     assert_ne!(code, 0, "an index beyond the log is refused: {out}");
 
     let bundle = state.path().join("bundle.json");

@@ -214,7 +214,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
     let out = a.run(&["backup", "--out", out_path.to_str().unwrap()]);
     assert!(out.status.success(), "backup: {}", stderr(&out));
     // The refused backup left no record; the one taken did (issue 4: admin actions).
-    assert_eq!(a.admin_actions(), ["start", "stop", "backup"]);
+    assert_eq!(a.admin_actions(), ["init", "start", "stop", "backup"]);
     let mode = std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the backup is readable by its owner only");
     let backup = std::fs::read(&out_path).unwrap();
@@ -313,7 +313,7 @@ async fn backup_and_restore_round_trip_and_refusals() {
     // record) plus its restore.
     let out = restore(&b, &out_path, &[]);
     assert!(out.status.success(), "restore: {}", stderr(&out));
-    assert_eq!(b.admin_actions(), ["start", "stop", "restore"]);
+    assert_eq!(b.admin_actions(), ["init", "start", "stop", "restore"]);
     let out = b.verify_audit();
     assert!(
         out.status.success(),
